@@ -1,0 +1,200 @@
+import { describe, expect, it } from '@jest/globals';
+import fc from 'fast-check';
+import {
+  appendTerm,
+  committedSeq,
+  decideCatchUp,
+  isPrefixOf,
+  mostAdvanced,
+  promotionQuorum,
+  readConfirmations,
+  termAt,
+  type TermStart,
+} from './history.ts';
+
+// Pivot history: term 1 wrote seq 1..10, term 4 wrote 11..20, term 7 from 21.
+const H: TermStart[] = [
+  { term: 1, start: 1 },
+  { term: 4, start: 11 },
+  { term: 7, start: 21 },
+];
+
+describe('termAt / appendTerm', () => {
+  it.each([
+    [0, 0],
+    [1, 1],
+    [10, 1],
+    [11, 4],
+    [20, 4],
+    [21, 7],
+    [999, 7],
+  ])('seq %i was written in term %i', (seq, term) => expect(termAt(H, seq)).toBe(term));
+
+  it('appends a term, replaces a term that never wrote, and ignores a repeat', () => {
+    expect(appendTerm(H, 9, 25)).toEqual([...H, { term: 9, start: 25 }]);
+    expect(appendTerm([...H, { term: 8, start: 25 }], 9, 25)).toEqual([...H, { term: 9, start: 25 }]);
+    expect(appendTerm(H, 7, 30)).toEqual(H);
+  });
+});
+
+describe('log matching and catch-up', () => {
+  const pivotLast = { term: 7, seq: 30 };
+  it.each([
+    {
+      name: 'empty follower',
+      follower: { term: 0, seq: 0 },
+      first: 1,
+      expected: { mode: 'stream', from: 1 },
+    },
+    {
+      name: 'prefix in an old term',
+      follower: { term: 4, seq: 15 },
+      first: 1,
+      expected: { mode: 'stream', from: 16 },
+    },
+    { name: 'caught up', follower: { term: 7, seq: 30 }, first: 25, expected: { mode: 'stream', from: 31 } },
+    {
+      name: 'ex-pivot with writes the new pivot lacks (same seqs, old term)',
+      follower: { term: 4, seq: 22 },
+      first: 1,
+      expected: { mode: 'snapshot', reason: 'diverged' },
+    },
+    {
+      name: 'ahead of the pivot',
+      follower: { term: 7, seq: 31 },
+      first: 1,
+      expected: { mode: 'snapshot', reason: 'diverged' },
+    },
+    {
+      name: 'behind the trim point',
+      follower: { term: 1, seq: 5 },
+      first: 12,
+      expected: { mode: 'snapshot', reason: 'trimmed' },
+    },
+    {
+      name: 'exactly at the trim point',
+      follower: { term: 4, seq: 11 },
+      first: 12,
+      expected: { mode: 'stream', from: 12 },
+    },
+  ])('$name', ({ follower, first, expected }) => {
+    expect(
+      decideCatchUp({ follower, followerComplete: true, pivotHistory: H, pivotLast, firstLogSeq: first }),
+    ).toEqual(expected);
+  });
+
+  it('recopies a follower whose snapshot copy never finished', () => {
+    expect(
+      decideCatchUp({
+        follower: { term: 0, seq: 0 },
+        followerComplete: false,
+        pivotHistory: H,
+        pivotLast,
+        firstLogSeq: 1,
+      }),
+    ).toEqual({ mode: 'snapshot', reason: 'incomplete' });
+  });
+
+  it('a prefix of a prefix is a prefix (property)', () => {
+    fc.assert(
+      fc.property(fc.nat(40), (seq) => {
+        const copy = { term: termAt(H, Math.min(seq, 30)), seq: Math.min(seq, 30) };
+        expect(isPrefixOf(copy, H, pivotLast)).toBe(true);
+        expect(isPrefixOf({ term: copy.term + 100, seq: Math.max(1, copy.seq) }, H, pivotLast)).toBe(false);
+      }),
+    );
+  });
+});
+
+describe('quorums', () => {
+  it.each([
+    ['majority', 3, 2, 1],
+    ['majority', 5, 3, 2],
+    ['one', 3, 3, 2],
+    ['all', 3, 1, 0],
+    ['one', 1, 1, 0],
+  ] as const)(
+    '%s over %i copies: promotion needs %i answers, strong reads %i confirmations',
+    (wc, n, promote, read) => {
+      expect(promotionQuorum(wc, n)).toBe(promote);
+      expect(readConfirmations(wc, n)).toBe(read);
+    },
+  );
+
+  it('promotion answers always intersect every set of acknowledging copies (property)', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 7 }),
+        fc.constantFrom('one', 'majority', 'all' as const),
+        (n, wc) => {
+          const need = promotionQuorum(wc, n);
+          const acked = n - need + 1;
+          expect(need + acked).toBeGreaterThan(n);
+          expect(need).toBeLessThanOrEqual(n);
+        },
+      ),
+    );
+  });
+
+  it('picks the most advanced answer', () => {
+    const answers = [
+      { name: 'a', position: { term: 3, seq: 9 } },
+      { name: 'b', position: { term: 4, seq: 2 } },
+      { name: 'c', position: { term: 4, seq: 1 } },
+    ];
+    expect(mostAdvanced(answers)?.name).toBe('b');
+    expect(mostAdvanced([])).toBeUndefined();
+  });
+});
+
+describe('committedSeq (write-concern accounting)', () => {
+  it.each([
+    { name: 'rf1 one', pivot: 10, followers: [], required: 1, expected: 10 },
+    {
+      name: 'majority of 3',
+      pivot: 10,
+      followers: [
+        { applied: 7, serving: true },
+        { applied: 4, serving: true },
+      ],
+      required: 2,
+      expected: 7,
+    },
+    {
+      name: 'all of 3',
+      pivot: 10,
+      followers: [
+        { applied: 7, serving: true },
+        { applied: 4, serving: true },
+      ],
+      required: 3,
+      expected: 4,
+    },
+    {
+      name: 'syncing follower does not count',
+      pivot: 10,
+      followers: [
+        { applied: 9, serving: false },
+        { applied: 3, serving: true },
+      ],
+      required: 2,
+      expected: 3,
+    },
+    {
+      name: 'not enough copies',
+      pivot: 10,
+      followers: [{ applied: 9, serving: false }],
+      required: 2,
+      expected: 0,
+    },
+    {
+      name: 'follower ahead of pivot durability',
+      pivot: 5,
+      followers: [{ applied: 9, serving: true }],
+      required: 2,
+      expected: 5,
+    },
+  ])('$name', ({ pivot, followers, required, expected }) => {
+    expect(committedSeq(pivot, followers, required)).toBe(expected);
+  });
+});
