@@ -2,7 +2,13 @@
 // This wrapper restarts it with capped exponential backoff, so a flaky API server or an expired
 // token never leaves the controller blind.
 import { makeInformer } from '@kubernetes/client-node';
-import type { Informer, KubeConfig, KubernetesObject, ListPromise, ObjectCache } from '@kubernetes/client-node';
+import type {
+  Informer,
+  KubeConfig,
+  KubernetesObject,
+  ListPromise,
+  ObjectCache,
+} from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { Metrics } from './metrics.ts';
 

@@ -41,7 +41,11 @@ export type LeaseDecision =
 const sameRecord = (a: LeaseRecord, b: LeaseRecord) => a.holder === b.holder && a.renewTime === b.renewTime;
 
 /** Updates what we know of the lease: a changed record restarts its expiry clock. */
-export function observe(previous: Observation | null, record: LeaseRecord | null, now: number): Observation | null {
+export function observe(
+  previous: Observation | null,
+  record: LeaseRecord | null,
+  now: number,
+): Observation | null {
   if (!record) return null;
   if (previous && sameRecord(previous.record, record)) return previous;
   return { record, observedAt: now };
@@ -53,7 +57,8 @@ export function decide(observation: Observation | null, identity: string, now: n
   const { record, observedAt } = observation;
   if (record.holder === identity) return { action: 'renew' };
   const expiresAt = observedAt + record.leaseDurationSeconds * 1000;
-  if (record.holder === '' || now >= expiresAt) return { action: 'acquire', transitions: record.transitions + 1 };
+  if (record.holder === '' || now >= expiresAt)
+    return { action: 'acquire', transitions: record.transitions + 1 };
   return { action: 'wait', holder: record.holder, expiresInMs: expiresAt - now };
 }
 

@@ -11,7 +11,12 @@ const rec = (holder: string, renewTime = 't1', transitions = 3): LeaseRecord => 
 describe('decide', () => {
   it.each([
     { name: 'no lease: create it', obs: null, now: 0, want: { action: 'create' } },
-    { name: 'we hold it: renew', obs: { record: rec('me'), observedAt: 0 }, now: 60_000, want: { action: 'renew' } },
+    {
+      name: 'we hold it: renew',
+      obs: { record: rec('me'), observedAt: 0 },
+      now: 60_000,
+      want: { action: 'renew' },
+    },
     {
       name: 'another holder, fresh: wait until it expires',
       obs: { record: rec('other'), observedAt: 10_000 },
