@@ -352,6 +352,20 @@ export interface ClusterFile {
 }
 
 /** Per shard, a digest of the content an agent holds for the given keys (local reads). */
+export interface Write {
+  key: string;
+  data: unknown;
+  /** The agent the request is sent to. */
+  via: string;
+}
+
+export interface WriteOutcome extends Write {
+  /** HTTP status, 0 when the request failed at the network level. */
+  status: number;
+  version?: string;
+  reply: string;
+}
+
 export type ShardDigests = Map<number, { digest: string; entries: Map<string, string> }>;
 
 export class Cluster {
@@ -725,15 +739,16 @@ export class Cluster {
 
   /**
    * Waits until every running holder of each shard has the same content for `keys` as the
-   * shard's pivot. Returns the pivot's entries per shard. The timeout message names the shard,
+   * shard's pivot. Returns that content: every present key (collection items included) with its
+   * data and version. The timeout message names the shard,
    * the agents and a few differing keys.
    */
   async waitConverged(
     keys: readonly string[],
     options: { timeoutMs?: number; agents?: string[] } = {},
-  ): Promise<Map<number, Map<string, string>>> {
+  ): Promise<Map<string, { data: unknown; version: string }>> {
     let problem = '';
-    return waitFor(
+    const perShard = await waitFor(
       async () => {
         const agents = options.agents ?? this.running();
         const digests = new Map<string, ShardDigests>();
@@ -762,6 +777,35 @@ export class Cluster {
         message: () => `every copy to hold the same content (${problem || 'no comparison finished'})`,
       },
     );
+    const content = new Map<string, { data: unknown; version: string }>();
+    for (const entries of perShard.values()) {
+      for (const [key, value] of entries) {
+        if (value === '404' || value === '[collection]') continue;
+        const [data, version] = JSON.parse(value) as [unknown, string];
+        content.set(key, { data, version });
+      }
+    }
+    return content;
+  }
+
+  /**
+   * PUTs every write through its `via` agent, at most `concurrency` at once. Network errors (an
+   * agent killed mid-request) become outcomes with status 0 instead of throwing.
+   */
+  async writeAll(writes: readonly Write[], concurrency = 16): Promise<WriteOutcome[]> {
+    return mapLimit(writes, concurrency, async (w) => {
+      try {
+        const r = await this.client(w.via).put(w.key, w.data);
+        return {
+          ...w,
+          status: r.status,
+          version: r.status === 200 ? r.body.version : undefined,
+          reply: r.text,
+        };
+      } catch (error) {
+        return { ...w, status: 0, reply: String(error) };
+      }
+    });
   }
 
   logTail(name: string, lines = 40): string {
@@ -813,4 +857,30 @@ export function annotate(error: unknown, cluster: Cluster | undefined): unknown 
   if (!cluster || !(error instanceof Error)) return error;
   error.message += `\n\n${cluster.logTails(30)}`;
   return error;
+}
+
+/** Runs `fn` over `items` with at most `limit` in flight; results keep the input order. */
+export async function mapLimit<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T, index: number) => Promise<R>,
+): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i]!, i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
+
+/** Asserts the contract's error shape `{ error: { code, message } }` and returns the code. */
+export function errorCode(reply: Reply): string {
+  const body = reply.body as { error?: { code?: unknown; message?: unknown } };
+  if (typeof body?.error?.code !== 'string' || typeof body.error.message !== 'string')
+    throw new Error(`HTTP ${reply.status} without a JSON { error: { code, message } } body: ${reply.text}`);
+  return body.error.code;
 }

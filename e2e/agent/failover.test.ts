@@ -1,0 +1,218 @@
+// Pivot changes driven by map pushes (what the operator does): failover after kill -9 with no
+// acknowledged write lost, an ex-pivot with unacknowledged extra writes cut back to the new
+// pivot's history, fencing of a stale pivot, and the wipe of another cluster's data at start.
+import { describe, expect } from '@jest/globals';
+import { waitFor, type Cluster, type Write, type WriteOutcome } from './harness.ts';
+import { useCluster } from './use-cluster.ts';
+
+function expectAcknowledgedPresent(
+  content: Map<string, { data: unknown }>,
+  outcomes: readonly WriteOutcome[],
+) {
+  const lost = outcomes
+    .filter((o) => o.status === 200)
+    .filter((o) => JSON.stringify(content.get(o.key)?.data) !== JSON.stringify(o.data))
+    .map(
+      (o) =>
+        `${o.key}: acked ${JSON.stringify(o.data)}, now ${JSON.stringify(content.get(o.key)?.data ?? 'absent')}`,
+    );
+  expect(lost.slice(0, 10)).toEqual([]);
+}
+
+/** The follower with the highest applied position for `shard` (the operator's choice). */
+async function mostCaughtUp(c: Cluster, shard: number, candidates: string[]): Promise<string> {
+  const ranked = await Promise.all(
+    candidates.map(async (name) => {
+      const s = (await c.status(name)).shards.find((x) => x.shard === shard)!;
+      return { name, term: s.position.term, seq: s.position.seq };
+    }),
+  );
+  ranked.sort((a, b) => b.term - a.term || b.seq - a.seq);
+  return ranked[0]!.name;
+}
+
+/** Retries a write until the (new) pivot takes it; a map change applies asynchronously. */
+async function writeWhenServing(c: Cluster, via: string, key: string, data: unknown) {
+  return waitFor(
+    async () => {
+      const r = await c.client(via).put(key, data);
+      return r.status === 200 ? r : false;
+    },
+    { timeoutMs: 15_000, message: `PUT ${key} via ${via} to be acknowledged after the map change` },
+  );
+}
+
+async function failoverKeepsAcknowledgedWrites(c: Cluster, pickNewPivot: 'most-caught-up' | 'last') {
+  const shard = c.shardWhere('agent-0', 'pivot')!;
+  const oldPivot = c.pivotOf(shard);
+  const followers = c.followersOf(shard);
+  const coll = c.keyOnShard(shard, `fo-${pickNewPivot}`);
+  const writes: Write[] = Array.from({ length: 200 }, (_, i) => ({
+    key: `${coll}/${i}`,
+    data: { i },
+    via: c.names()[i % 3]!,
+  }));
+  const before = await c.writeAll(writes);
+  expect(before.filter((o) => o.status !== 200).slice(0, 5)).toEqual([]);
+
+  await c.kill9(oldPivot);
+  const newPivot =
+    pickNewPivot === 'last' ? followers[followers.length - 1]! : await mostCaughtUp(c, shard, followers);
+  const results = await c.pushMap(c.promoteMap(shard, newPivot));
+  for (const [name, r] of results) expect({ name, status: r.status }).toEqual({ name, status: 200 });
+
+  const other = followers.find((f) => f !== newPivot)!;
+  await writeWhenServing(c, other, `${coll}/after-0`, 'after');
+  const after = await c.writeAll(
+    Array.from({ length: 50 }, (_, i) => ({
+      key: `${coll}/after-${i + 1}`,
+      data: { after: i },
+      via: i % 2 ? other : newPivot,
+    })),
+  );
+  expect(after.filter((o) => o.status !== 200).slice(0, 5)).toEqual([]);
+  // Strong reads at the new pivot see every acknowledged write before the ex-pivot returns.
+  const atNewPivot = await c.client(newPivot).listAll(`${coll}/*`);
+  expect(atNewPivot.length).toBe(251);
+
+  await c.restart(oldPivot);
+  const content = await c.waitConverged([`${coll}/*`]);
+  expectAcknowledgedPresent(content, [...before, ...after]);
+  expect(content.size).toBe(251);
+  const exPivotStatus = (await c.status(oldPivot)).shards.find((s) => s.shard === shard)!;
+  expect({ role: exPivotStatus.role, pivot: exPivotStatus.pivot }).toEqual({
+    role: 'follower',
+    pivot: newPivot,
+  });
+}
+
+describe('failover by map change (3 agents, 4 shards, rf 3, majority)', () => {
+  const { test } = useCluster({ agents: 3, shards: 4, replicationFactor: 3, writeConcern: 'majority' });
+
+  test('kill -9 a pivot, promote its most caught-up follower: no majority-acknowledged write is lost, the ex-pivot converges', async (c) => {
+    await failoverKeepsAcknowledgedWrites(c, 'most-caught-up');
+  }, 60_000);
+
+  test('an ex-pivot holding unacknowledged extra writes ends with exactly the new pivot’s data', async (c) => {
+    const shard = c.shardWhere('agent-1', 'pivot')!;
+    const pivot = c.pivotOf(shard);
+    const [f1, f2] = c.followersOf(shard) as [string, string];
+    const coll = c.keyOnShard(shard, 'diverge');
+    const acked = await c.writeAll(
+      Array.from({ length: 40 }, (_, i) => ({ key: `${coll}/${i}`, data: { i }, via: pivot })),
+    );
+    expect(acked.filter((o) => o.status !== 200).slice(0, 5)).toEqual([]);
+
+    await c.kill9(f1);
+    await c.kill9(f2);
+    // The lone pivot cannot get these acknowledged, but may have stored them.
+    const pivotClient = c.client(pivot, { timeoutMs: 10_000 });
+    const unacked = [
+      await pivotClient.put(`${coll}/extra-0`, 'never acknowledged'),
+      await pivotClient.put(`${coll}/extra-1`, 'never acknowledged'),
+      await pivotClient.put(`${coll}/0`, 'overwrite never acknowledged'),
+      await pivotClient.delete(`${coll}/1`),
+    ];
+    expect(unacked.map((r) => r.status)).toEqual([503, 503, 503, 503]);
+    const pivotSeq = (await c.status(pivot)).shards.find((s) => s.shard === shard)!.position.seq;
+    await c.kill9(pivot);
+
+    await Promise.all([c.restart(f1), c.restart(f2)]);
+    const followerSeq = (await c.status(f1)).shards.find((s) => s.shard === shard)!.position.seq;
+    const pushed = await c.pushMap(c.promoteMap(shard, f1));
+    for (const [name, r] of pushed) expect({ name, status: r.status }).toEqual({ name, status: 200 });
+    await writeWhenServing(c, f2, `${coll}/new-pivot`, 'from the new pivot');
+
+    await c.restart(pivot);
+    const content = await c.waitConverged([`${coll}/*`]);
+    expect(content.has(`${coll}/extra-0`)).toBe(false);
+    expect(content.has(`${coll}/extra-1`)).toBe(false);
+    expect(content.get(`${coll}/0`)?.data).toEqual({ i: 0 });
+    expect(content.get(`${coll}/1`)?.data).toEqual({ i: 1 });
+    expect(content.get(`${coll}/new-pivot`)?.data).toBe('from the new pivot');
+    expectAcknowledgedPresent(content, acked);
+    expect(content.size).toBe(41);
+    // Strong reads through the ex-pivot agree.
+    expect((await c.client(pivot).get(`${coll}/extra-0`)).status).toBe(404);
+    if (pivotSeq > followerSeq) {
+      // It held entries the new pivot lacks: it must have wiped the shard (durably, recorded).
+      const wipes = (await c.status(pivot)).wipes.filter((w) => w.shard === shard);
+      expect(wipes.map((w) => w.completed)).toContain(true);
+    }
+  }, 60_000);
+
+  test('fencing: a pivot left on a stale epoch cannot get a write acknowledged, and the write never appears', async (c) => {
+    const shard = c.shardWhere('agent-2', 'pivot')!;
+    const stale = c.pivotOf(shard);
+    const newPivot = c.followersOf(shard)[0]!;
+    const others = c.names().filter((n) => n !== stale);
+    const key = `${c.keyOnShard(shard, 'fenced')}/k`;
+    expect((await c.client(stale).put(key, 'before')).status).toBe(200);
+
+    const next = c.promoteMap(shard, newPivot);
+    const pushed = await c.pushMap(next, { to: others });
+    for (const [name, r] of pushed) expect({ name, status: r.status }).toEqual({ name, status: 200 });
+    await writeWhenServing(c, newPivot, `${key}-probe`, 'new epoch is serving');
+
+    const attempt = await c.client(stale, { timeoutMs: 10_000 }).put(key, 'from the stale pivot');
+    expect(attempt.status >= 200 && attempt.status < 300 ? attempt.text : 'refused').toBe('refused');
+    const atNewPivot = await c.client(newPivot).get(key);
+    expect(atNewPivot.body.data).toBe('before');
+
+    // An older map is refused outright.
+    const old = await c.pushMap({ ...next, epoch: next.epoch - 1 }, { to: [newPivot], remember: false });
+    expect(old.get(newPivot)!.status).toBe(409);
+    expect((old.get(newPivot)!.body as { error: { code: string } }).error.code).toBe('STALE_EPOCH');
+
+    // Once it learns the new map, it too holds the new pivot's value.
+    const caught = await c.pushMap(next, { to: [stale] });
+    expect(caught.get(stale)!.status).toBe(200);
+    const content = await c.waitConverged([key]);
+    expect(content.get(key)?.data).toBe('before');
+    for (const name of c.names()) expect((await c.client(name).get(key)).body.data).toBe('before');
+  }, 60_000);
+});
+
+describe('failover with writeConcern all (3 agents, rf 3)', () => {
+  const { test } = useCluster({ agents: 3, shards: 4, replicationFactor: 3, writeConcern: 'all' });
+
+  test('any follower may be promoted: no write acknowledged by all copies is lost', async (c) => {
+    await failoverKeepsAcknowledgedWrites(c, 'last');
+  }, 60_000);
+});
+
+describe('data of another cluster', () => {
+  const { test } = useCluster({ agents: 3, shards: 4, replicationFactor: 3, clusterId: 'cluster-a' });
+
+  test('is wiped at start, and status and metrics show the wipe', async (c) => {
+    const keys = ['owned/1', 'owned/2', 'solo'];
+    for (const key of keys) expect((await c.client('agent-0').put(key, key)).status).toBe(200);
+    for (const name of c.names()) expect(await c.stop(name)).toBe(0);
+
+    await c.writeClusterFile({ clusterId: 'cluster-b' });
+    c.map = { ...c.map, clusterUid: 'cluster-b' };
+    for (const name of c.names()) await c.restart(name);
+
+    for (const name of c.names()) {
+      const status = await c.status(name);
+      expect(status.clusterUid).toBe('cluster-b');
+      expect(status.wipes.length).toBeGreaterThan(0);
+      expect(status.wipes.every((w) => w.completed)).toBe(true);
+      for (const key of keys)
+        expect({
+          name,
+          key,
+          status: (await c.client(name).get(key, { consistency: 'local' })).status,
+        }).toEqual({ name, key, status: 404 });
+      expect((await c.client(name).list('owned', { consistency: 'local' })).body).toEqual([]);
+      const metrics = (await c.client(name).raw('GET', '/metrics')).text;
+      const wipeSamples = metrics
+        .split('\n')
+        .filter((l) => !l.startsWith('#') && /wipe/i.test(l))
+        .map((l) => Number(l.trim().split(/\s+/).pop()));
+      expect({ name, wipesCounted: wipeSamples.some((v) => v > 0) }).toEqual({ name, wipesCounted: true });
+    }
+    expect((await c.client('agent-1').put('solo', 'new life')).status).toBe(200);
+    expect((await c.client('agent-2').get('solo')).body.data).toBe('new life');
+  }, 60_000);
+});

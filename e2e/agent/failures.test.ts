@@ -1,0 +1,252 @@
+// Seed 003's scenarios with real `kill -9`: a node fails and recovers, cascading failures,
+// repeated kill/restart cycles under load, a large catch-up, and a shard with every copy down.
+// Acknowledged writes are tracked and compared by content on every agent afterwards.
+import { describe, expect } from '@jest/globals';
+import { errorCode, waitFor, type Cluster, type Write, type WriteOutcome } from './harness.ts';
+import { useCluster } from './use-cluster.ts';
+
+/** Every acknowledged write is present with its data in the converged content. */
+function expectAcknowledgedPresent(
+  content: Map<string, { data: unknown }>,
+  outcomes: readonly WriteOutcome[],
+): void {
+  const lost = outcomes
+    .filter((o) => o.status === 200)
+    .filter((o) => JSON.stringify(content.get(o.key)?.data) !== JSON.stringify(o.data))
+    .map((o) => `${o.key} (acked by ${o.via}, now ${JSON.stringify(content.get(o.key)?.data ?? 'absent')})`);
+  expect(lost.slice(0, 10)).toEqual([]);
+}
+
+const collectionsOf = (writes: readonly Write[]) => [
+  ...new Set(writes.map((w) => w.key.slice(0, w.key.lastIndexOf('/')) + '/*')),
+];
+
+describe('seed 003 failures on 3 agents (4 shards, rf 3, majority)', () => {
+  const { test } = useCluster({ agents: 3, shards: 4, replicationFactor: 3, writeConcern: 'majority' });
+
+  test('kill -9 an agent: followed shards keep taking writes, its pivoted shards answer 503 fast, it restarts and converges', async (c) => {
+    const victim = 'agent-1';
+    const live = c.names().filter((n) => n !== victim);
+    const followed = c.map.assignments.filter((a) => a.pivot !== victim).map((a) => a.shard);
+    const pivoted = c.map.assignments.filter((a) => a.pivot === victim).map((a) => a.shard);
+    expect(followed.length).toBeGreaterThan(0);
+
+    const before: Write[] = followed.flatMap((shard) =>
+      Array.from({ length: 20 }, (_, i) => ({
+        key: `${c.keyOnShard(shard, 'n1')}/pre-${i}`,
+        data: { i },
+        via: live[i % 2]!,
+      })),
+    );
+    for (const o of await c.writeAll(before)) expect(o.status).toBe(200);
+
+    await c.kill9(victim);
+    const during: Write[] = followed.flatMap((shard) =>
+      Array.from({ length: 50 }, (_, i) => ({
+        key: `${c.keyOnShard(shard, 'n1')}/down-${i}`,
+        data: { shard, i },
+        via: live[i % 2]!,
+      })),
+    );
+    const outcomes = await c.writeAll(during);
+    expect(outcomes.filter((o) => o.status !== 200).map((o) => `${o.key}: ${o.status} ${o.reply}`)).toEqual(
+      [],
+    );
+
+    for (const shard of pivoted) {
+      const r = await c
+        .client(live[0]!, { timeoutMs: 10_000 })
+        .put(`${c.keyOnShard(shard, 'n1')}/lost-pivot`, 1);
+      expect({ shard, status: r.status }).toEqual({ shard, status: 503 });
+      expect(r.headers['retry-after']).toBeDefined();
+      errorCode(r);
+    }
+
+    await c.restart(victim);
+    const content = await c.waitConverged(collectionsOf([...before, ...during]));
+    expectAcknowledgedPresent(content, [
+      ...before.map((w) => ({ ...w, status: 200, reply: '' })),
+      ...outcomes,
+    ]);
+    // The restarted agent serves them to clients too.
+    for (const o of outcomes.slice(0, 20))
+      expect((await c.client(victim).get(o.key)).body.data).toEqual(o.data);
+  });
+
+  test('cascading failures: with two of three down a shard refuses writes, then both return and catch up', async (c) => {
+    const survivor = 'agent-2';
+    const shard = c.shardWhere(survivor, 'pivot')!;
+    expect(shard).toBeDefined();
+    const coll = c.keyOnShard(shard, 'cascade');
+    const [a, b] = c.names().filter((n) => n !== survivor) as [string, string];
+
+    const first = await c.writeAll(
+      Array.from({ length: 30 }, (_, i) => ({ key: `${coll}/one-${i}`, data: i, via: survivor })),
+    );
+    await c.kill9(a);
+    const second = await c.writeAll(
+      Array.from({ length: 30 }, (_, i) => ({ key: `${coll}/two-${i}`, data: i, via: survivor })),
+    );
+    await c.kill9(b);
+    // One copy of three cannot make a majority: refused, not hung.
+    const refused = await c.client(survivor, { timeoutMs: 10_000 }).put(`${coll}/three`, 3);
+    expect(refused.status).toBe(503);
+    expect(refused.headers['retry-after']).toBeDefined();
+    // Local reads keep serving what the survivor holds.
+    const local = await c.client(survivor).listAll(`${coll}/*`, { consistency: 'local' });
+    expect(local.filter((o) => o.key.includes('/one-') || o.key.includes('/two-')).length).toBe(60);
+
+    await Promise.all([c.restart(a), c.restart(b)]);
+    const third = await waitFor(
+      async () => {
+        const r = await c.client(a).put(`${coll}/after`, 'back');
+        return r.status === 200 ? r : false;
+      },
+      { timeoutMs: 15_000, message: `a write to shard ${shard} to succeed after both followers returned` },
+    );
+    expect(third.body.data).toBe('back');
+    const content = await c.waitConverged([`${coll}/*`]);
+    expectAcknowledgedPresent(content, [...first, ...second]);
+    for (const o of [...first, ...second]) expect(o.status).toBe(200);
+  });
+
+  test('5 kill -9 / restart cycles under concurrent writes lose no acknowledged write', async (c) => {
+    const outcomes: WriteOutcome[] = [];
+    const collections = c.map.assignments.map((a) => c.keyOnShard(a.shard, 'cycle'));
+    let stop = false;
+    let n = 0;
+    const writer = async (w: number) => {
+      while (!stop) {
+        const running = c.running();
+        const via = running[(n + w) % running.length]!;
+        const i = n++;
+        const [o] = await c.writeAll(
+          [{ key: `${collections[i % collections.length]}/k-${i}`, data: { i, w }, via }],
+          1,
+        );
+        outcomes.push(o!);
+        if (o!.status !== 200) await new Promise((r) => setTimeout(r, 20));
+      }
+    };
+    const writers = Array.from({ length: 6 }, (_, w) => writer(w));
+    const acked = () => outcomes.filter((o) => o.status === 200).length;
+    try {
+      for (let cycle = 0; cycle < 5; cycle++) {
+        const victim = c.names()[cycle % 3]!;
+        const target = acked() + 100;
+        await waitFor(() => acked() >= target, {
+          timeoutMs: 15_000,
+          message: `100 more acknowledged writes before cycle ${cycle}`,
+        });
+        await c.kill9(victim);
+        const whileDown = acked() + 50;
+        await waitFor(() => acked() >= whileDown, {
+          timeoutMs: 15_000,
+          message: `50 acknowledged writes while ${victim} is down (cycle ${cycle})`,
+        });
+        await c.restart(victim);
+      }
+    } finally {
+      stop = true;
+      await Promise.all(writers);
+    }
+    expect(acked()).toBeGreaterThanOrEqual(750);
+    const content = await c.waitConverged(
+      collections.map((k) => `${k}/*`),
+      { timeoutMs: 30_000 },
+    );
+    expectAcknowledgedPresent(content, outcomes);
+    // Unacknowledged writes may or may not have landed, but nothing was invented.
+    const written = new Map(outcomes.map((o) => [o.key, JSON.stringify(o.data)]));
+    for (const [key, { data }] of content)
+      expect({ key, data: JSON.stringify(data) }).toEqual({ key, data: written.get(key) });
+  }, 120_000);
+
+  test('a follower that was down catches up a batch of 10,000 keys', async (c) => {
+    const victim = 'agent-0';
+    const live = c.names().filter((n) => n !== victim);
+    const shards = c.map.assignments.filter((a) => a.pivot !== victim).map((a) => a.shard);
+    const collections = Array.from({ length: 10 }, (_, i) =>
+      c.keyOnShard(shards[i % shards.length]!, `bulk${i}`),
+    );
+    await c.kill9(victim);
+    const writes: Write[] = collections.flatMap((coll, ci) =>
+      Array.from({ length: 1000 }, (_, i) => ({
+        key: `${coll}/${i}`,
+        data: { ci, i, pad: 'v'.repeat(64) },
+        via: live[i % 2]!,
+      })),
+    );
+    const outcomes = await c.writeAll(writes, 32);
+    expect(outcomes.filter((o) => o.status !== 200).slice(0, 5)).toEqual([]);
+    const pivotPositions = new Map(
+      (await c.status(live[0]!)).shards.map((s) => [s.shard, s.position] as const),
+    );
+    await c.restart(victim);
+    const content = await c.waitConverged(
+      collections.map((k) => `${k}/*`),
+      { timeoutMs: 60_000 },
+    );
+    expectAcknowledgedPresent(content, outcomes);
+    expect(content.size).toBe(10_000);
+    // Its status reports itself caught up on those shards.
+    const status = await c.status(victim);
+    for (const shard of shards) {
+      const s = status.shards.find((x) => x.shard === shard)!;
+      expect(s.state).toBe('serving');
+      expect(s.position.seq).toBeGreaterThanOrEqual(pivotPositions.get(shard)?.seq ?? 0);
+    }
+  }, 120_000);
+});
+
+describe('every copy of a shard down (3 agents, rf 1)', () => {
+  const { test } = useCluster({ agents: 3, shards: 4, replicationFactor: 1, writeConcern: 'majority' });
+
+  const probe = async (c: Cluster, via: string, key: string) => {
+    const client = c.client(via, { timeoutMs: 10_000 });
+    return {
+      put: await client.put(key, 1),
+      get: await client.get(key),
+      push: await client.push(key, 1),
+      delete: await client.delete(key),
+      list: await client.list(key),
+    };
+  };
+
+  test('requests for it answer 503 with Retry-After, other shards keep working, data survives kill -9', async (c) => {
+    const holder = 'agent-0';
+    const shard = c.shardWhere(holder, 'pivot')!;
+    const key = c.keyOnShard(shard, 'only');
+    const otherShard = c.map.assignments.find((a) => a.pivot !== holder)!.shard;
+    const otherKey = c.keyOnShard(otherShard, 'elsewhere');
+    expect((await c.client('agent-1').put(key, { kept: true })).status).toBe(200);
+
+    await c.kill9(holder);
+    for (const via of ['agent-1', 'agent-2']) {
+      const replies = await probe(c, via, key);
+      for (const [op, r] of Object.entries(replies)) {
+        expect({ via, op, status: r.status }).toEqual({ via, op, status: 503 });
+        expect({ via, op, retryAfter: r.headers['retry-after'] !== undefined }).toEqual({
+          via,
+          op,
+          retryAfter: true,
+        });
+        errorCode(r);
+      }
+    }
+    expect((await c.client('agent-2').put(otherKey, 'fine')).status).toBe(200);
+    expect((await c.client('agent-1').get(otherKey)).body.data).toBe('fine');
+
+    await c.restart(holder);
+    for (const name of c.names()) expect((await c.client(name).get(key)).body.data).toEqual({ kept: true });
+  });
+
+  test('SIGTERM is a graceful exit (code 0) and the data is there after the restart', async (c) => {
+    const name = 'agent-1';
+    const key = c.keyOnShard(c.shardWhere(name, 'pivot')!, 'graceful');
+    expect((await c.client('agent-2').put(key, 'persisted')).status).toBe(200);
+    expect(await c.stop(name)).toBe(0);
+    await c.restart(name);
+    expect((await c.client(name).get(key, { consistency: 'local' })).body.data).toBe('persisted');
+  });
+});
