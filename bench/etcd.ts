@@ -92,11 +92,19 @@ export class EtcdCluster {
     this.spawnMember(i);
   }
 
+  private async memberStatus(i: number) {
+    const r = await fetch(`${this.clientUrls[i]}/v3/maintenance/status`, { method: 'POST', body: '{}' });
+    return (await r.json()) as { header?: { revision?: string; member_id?: string }; leader?: string };
+  }
+
   /** The store revision member `i` has applied (POST /v3/maintenance/status). */
   async revision(i: number): Promise<number> {
-    const r = await fetch(`${this.clientUrls[i]}/v3/maintenance/status`, { method: 'POST', body: '{}' });
-    const body = (await r.json()) as { header?: { revision?: string } };
-    return Number(body.header?.revision ?? NaN);
+    return Number((await this.memberStatus(i)).header?.revision ?? NaN);
+  }
+
+  async isLeader(i: number): Promise<boolean> {
+    const s = await this.memberStatus(i);
+    return s.leader !== undefined && s.leader === s.header?.member_id;
   }
 
   static async start(binary: EtcdBinary, members: number): Promise<EtcdCluster> {
@@ -167,12 +175,13 @@ export function etcdPut(origin: string, key: string, value: string) {
   };
 }
 
-export function etcdRange(origin: string, key: string) {
+/** A range read of one key; `serializable` answers from the member's copy (like `?consistency=local`). */
+export function etcdRange(origin: string, key: string, serializable = false) {
   return {
     origin,
     method: 'POST' as const,
     path: '/v3/kv/range',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ key: b64(key) }),
+    body: JSON.stringify(serializable ? { key: b64(key), serializable: true } : { key: b64(key) }),
   };
 }

@@ -1,0 +1,295 @@
+// `npm run bench [-- --quick] [-- --soak=600]`: Pivot (3 agents on loopback, rf 1 and rf 3 with
+// writeConcern majority) side by side with etcd (1 and 3 members) measured in the same run on the
+// same machine: PUT and GET throughput and latency, p99 at half the max PUT load, the catch-up of
+// a member that missed N writes, and memory (RSS). Numbers are reported, never asserted.
+import { readFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { parseArgs } from 'node:util';
+import { Cluster, waitFor } from '../e2e/agent/harness.ts';
+import { EtcdCluster, etcdPut, etcdRange, findEtcd } from './etcd.ts';
+import { runLoad, type LoadResult, type Request } from './load.ts';
+
+const { values: flags } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    soak: { type: 'string' },
+    duration: { type: 'string' },
+    concurrency: { type: 'string', default: '32' },
+    'catchup-keys': { type: 'string' },
+    only: { type: 'string' },
+  },
+});
+
+const quick = flags.quick!;
+const phaseMs = 1000 * Number(flags.duration ?? (quick ? 1 : 10));
+const soakSeconds = Number(flags.soak ?? (quick ? 2 : 20));
+const concurrency = Number(flags.concurrency);
+const catchupKeys = Number(flags['catchup-keys'] ?? (quick ? 5_000 : 100_000));
+const MAX_OPS = 2_000_000;
+
+// A 1 KB JSON document as the value (the same bytes go to etcd).
+const VALUE = JSON.stringify({ payload: 'x'.repeat(1024 - '{"payload":""}'.length) });
+
+interface System {
+  label: string;
+  targets: string[];
+  put(origin: string, key: string): Request;
+  get(origin: string, key: string): Request;
+  pids(): number[];
+  /** Kill -9 one copy, write `n` keys, restart it, and time until it has applied them all. */
+  catchUp?(n: number): Promise<{ writeOpsPerSec: number; seconds: number }>;
+  stop(): Promise<void>;
+}
+
+interface Row {
+  put: LoadResult;
+  get: LoadResult;
+  halfLoad: LoadResult;
+  catchUp?: { writeOpsPerSec: number; seconds: number };
+  soak?: LoadResult;
+  rssMiB: { start: number; peak: number; end: number };
+}
+
+function rssMiB(pid: number): number {
+  try {
+    const kb = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
+    return kb ? Number(kb) / 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Samples the largest per-process RSS of the system once a second. */
+function rssSampler(system: System) {
+  const samples: number[] = [];
+  const sample = () => samples.push(Math.max(0, ...system.pids().map(rssMiB)));
+  sample();
+  const timer = setInterval(sample, 1000);
+  return {
+    stop: () => {
+      clearInterval(timer);
+      sample();
+      return { start: samples[0]!, peak: Math.max(...samples), end: samples[samples.length - 1]! };
+    },
+  };
+}
+
+async function pivotSystem(replicationFactor: number): Promise<System> {
+  const cluster = await Cluster.start({
+    agents: 3,
+    shards: 16,
+    replicationFactor,
+    writeConcern: 'majority',
+    retryPolicy: { maxAttempts: 5, initialBackoff: '100ms', maxBackoff: '5s', multiplier: 2, timeout: '2s' },
+    logLevel: 'warn',
+    namePrefix: 'bench',
+    readyTimeoutMs: 60_000,
+  });
+  const auth = { authorization: `Bearer ${cluster.token}` };
+  return {
+    label: `Pivot rf ${replicationFactor}`,
+    targets: cluster.names().map((n) => cluster.url(n)),
+    put: (origin, key) => ({
+      origin,
+      method: 'PUT',
+      path: `/v1/data/${key}`,
+      headers: { ...auth, 'content-type': 'application/json' },
+      body: VALUE,
+    }),
+    get: (origin, key) => ({ origin, method: 'GET', path: `/v1/data/${key}`, headers: auth }),
+    pids: () => cluster.names().flatMap((n) => cluster.pid(n) ?? []),
+    catchUp:
+      replicationFactor === 3
+        ? async (n) => {
+            const victim = 'bench-2';
+            const live = cluster.names().filter((x) => x !== victim);
+            await cluster.kill9(victim);
+            const write = await runLoad({
+              concurrency: 64,
+              durationMs: 600_000,
+              maxOps: n,
+              request: (i) => ({
+                origin: cluster.url(live[i % live.length]!),
+                method: 'PUT',
+                path: `/v1/data/catchup-${i}`,
+                headers: { ...auth, 'content-type': 'application/json' },
+                body: VALUE,
+              }),
+            });
+            if (write.errors > 0) throw new Error(`catch-up writes failed: ${write.firstError}`);
+            const started = performance.now();
+            await cluster.restart(victim, { waitReady: false });
+            await waitFor(
+              async () => {
+                const mine = await cluster.status(victim);
+                for (const a of cluster.map.assignments) {
+                  const pivot = (await cluster.status(a.pivot)).shards.find((s) => s.shard === a.shard)!;
+                  const copy = mine.shards.find((s) => s.shard === a.shard);
+                  if (!copy || copy.state !== 'serving') return false;
+                  if (copy.position.term !== pivot.position.term || copy.position.seq !== pivot.position.seq)
+                    return false;
+                }
+                return true;
+              },
+              { timeoutMs: 600_000, intervalMs: 100, message: `${victim} to reach every pivot's position` },
+            );
+            return { writeOpsPerSec: write.opsPerSec, seconds: (performance.now() - started) / 1000 };
+          }
+        : undefined,
+    stop: () => cluster.teardown(),
+  };
+}
+
+async function etcdSystem(members: number): Promise<System> {
+  const binary = findEtcd()!;
+  const etcd = await EtcdCluster.start(binary, members);
+  return {
+    label: `etcd ${binary.version} ×${members}`,
+    targets: etcd.clientUrls,
+    put: (origin, key) => etcdPut(origin, key, VALUE),
+    get: (origin, key) => etcdRange(origin, key),
+    pids: () => etcd.pids,
+    catchUp:
+      members === 3
+        ? async (n) => {
+            const victim = 2;
+            await etcd.kill9(victim);
+            const live = etcd.clientUrls.slice(0, 2);
+            const write = await runLoad({
+              concurrency: 64,
+              durationMs: 600_000,
+              maxOps: n,
+              request: (i) => etcdPut(live[i % 2]!, `catchup-${i}`, VALUE),
+            });
+            if (write.errors > 0) throw new Error(`etcd catch-up writes failed: ${write.firstError}`);
+            const target = await etcd.revision(0);
+            const started = performance.now();
+            etcd.restart(victim);
+            await waitFor(async () => (await etcd.revision(victim)) >= target, {
+              timeoutMs: 600_000,
+              intervalMs: 100,
+              message: `etcd member ${victim} to reach revision ${target}`,
+            });
+            return { writeOpsPerSec: write.opsPerSec, seconds: (performance.now() - started) / 1000 };
+          }
+        : undefined,
+    stop: () => etcd.stop(),
+  };
+}
+
+async function measure(system: System): Promise<Row> {
+  const rss = rssSampler(system);
+  const t = system.targets;
+  const put = await runLoad({
+    concurrency,
+    durationMs: phaseMs,
+    maxOps: MAX_OPS,
+    request: (i) => system.put(t[i % t.length]!, `k-${i}`),
+  });
+  const written = Math.max(1, put.ops);
+  const get = await runLoad({
+    concurrency,
+    durationMs: phaseMs,
+    maxOps: MAX_OPS,
+    request: (i) => system.get(t[i % t.length]!, `k-${(i * 7919) % written}`),
+  });
+  const halfLoad = await runLoad({
+    concurrency: concurrency * 4,
+    durationMs: phaseMs,
+    maxOps: MAX_OPS,
+    ratePerSec: Math.max(1, put.opsPerSec / 2),
+    request: (i) => system.put(t[i % t.length]!, `half-${i}`),
+  });
+  const catchUp = system.catchUp ? await system.catchUp(catchupKeys) : undefined;
+  const soak = await runLoad({
+    concurrency,
+    durationMs: soakSeconds * 1000,
+    maxOps: Number.MAX_SAFE_INTEGER,
+    request: (i) =>
+      i % 2
+        ? system.get(t[i % t.length]!, `k-${i % written}`)
+        : system.put(t[i % t.length]!, `soak-${i % 10_000}`),
+  });
+  return { put, get, halfLoad, catchUp, soak, rssMiB: rss.stop() };
+}
+
+const fmt = {
+  ops: (r: LoadResult) =>
+    `${Math.round(r.opsPerSec).toLocaleString('en-US')}${r.errors ? ` (${r.errors} err)` : ''}`,
+  ms: (v: number) => (Number.isFinite(v) ? v.toFixed(v < 10 ? 2 : 1) : '–'),
+};
+
+function table(results: { label: string; row: Row }[]): string {
+  const lines: [string, (r: Row) => string][] = [
+    ['PUT ops/s (1 KB, closed loop)', (r) => fmt.ops(r.put)],
+    ['PUT p50 / p99 ms', (r) => `${fmt.ms(r.put.p50Ms)} / ${fmt.ms(r.put.p99Ms)}`],
+    ['GET ops/s', (r) => fmt.ops(r.get)],
+    ['GET p50 / p99 ms', (r) => `${fmt.ms(r.get.p50Ms)} / ${fmt.ms(r.get.p99Ms)}`],
+    ['PUT at half max load: rate ops/s', (r) => fmt.ops(r.halfLoad)],
+    [
+      'PUT at half max load: p50 / p99 ms',
+      (r) => `${fmt.ms(r.halfLoad.p50Ms)} / ${fmt.ms(r.halfLoad.p99Ms)}`,
+    ],
+    [
+      `catch-up of ${catchupKeys.toLocaleString('en-US')} missed keys, s`,
+      (r) => (r.catchUp ? r.catchUp.seconds.toFixed(1) : '–'),
+    ],
+    [
+      '  (their write rate with one copy down, ops/s)',
+      (r) => (r.catchUp ? fmt.ops({ opsPerSec: r.catchUp.writeOpsPerSec, errors: 0 } as LoadResult) : '–'),
+    ],
+    [`mixed soak ${soakSeconds} s ops/s`, (r) => (r.soak ? fmt.ops(r.soak) : '–')],
+    [
+      'RSS MiB per process: start / peak / end',
+      (r) => `${r.rssMiB.start.toFixed(0)} / ${r.rssMiB.peak.toFixed(0)} / ${r.rssMiB.end.toFixed(0)}`,
+    ],
+  ];
+  const header = `| metric | ${results.map((r) => r.label).join(' | ')} |`;
+  const rule = `|---|${results.map(() => '---').join('|')}|`;
+  return [
+    header,
+    rule,
+    ...lines.map(([name, f]) => `| ${name} | ${results.map((r) => f(r.row)).join(' | ')} |`),
+  ].join('\n');
+}
+
+async function main() {
+  const etcd = findEtcd();
+  const cpu = /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? cpus()[0]?.model;
+  console.log(`# Pivot benchmark ${new Date().toISOString()}`);
+  console.log(
+    `machine: ${cpus().length} CPUs (${cpu}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB RAM, node ${process.version}`,
+  );
+  console.log(
+    `settings: ${phaseMs / 1000} s per phase, ${concurrency} connections, 1 KB JSON values, load generator in this process, loopback only`,
+  );
+  console.log(
+    etcd ? `etcd: ${etcd.version} from ${etcd.source} (${etcd.path})` : 'etcd: not found, Pivot only',
+  );
+
+  const factories: [string, () => Promise<System>][] = [
+    ['pivot-rf1', () => pivotSystem(1)],
+    ['pivot-rf3', () => pivotSystem(3)],
+  ];
+  if (etcd) factories.push(['etcd-1', () => etcdSystem(1)], ['etcd-3', () => etcdSystem(3)]);
+  const only = flags.only?.split(',');
+  const results: { label: string; row: Row }[] = [];
+  for (const [id, start] of factories) {
+    if (only && !only.includes(id)) continue;
+    const system = await start();
+    try {
+      console.error(`measuring ${system.label} …`);
+      results.push({ label: system.label, row: await measure(system) });
+    } finally {
+      await system.stop();
+    }
+  }
+  console.log('');
+  console.log(table(results));
+  for (const r of results) {
+    const errors = [r.row.put, r.row.get, r.row.halfLoad, r.row.soak].find((x) => x?.firstError)?.firstError;
+    if (errors) console.log(`first error for ${r.label}: ${errors}`);
+  }
+}
+
+await main();
