@@ -55,7 +55,7 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     }
     return pool;
   };
-  const latencies = new Float64Array(spec.maxOps);
+  const latencies: number[] = [];
   let issued = 0;
   let done = 0;
   let errors = 0;
@@ -83,7 +83,8 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
       errors++;
       firstError ??= `${r.method} ${r.path}: ${String(error)}`;
     }
-    latencies[done++] = performance.now() - sentAt;
+    latencies.push(performance.now() - sentAt);
+    done++;
   };
 
   const worker = async () => {
@@ -103,7 +104,7 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
   await Promise.all(Array.from({ length: spec.concurrency }, worker));
   const seconds = (performance.now() - start) / 1000;
   await Promise.all([...pools.values()].map((p) => p.close()));
-  const sorted = latencies.slice(0, done).sort();
+  const sorted = Float64Array.from(latencies).sort();
   return {
     ops: done,
     errors,
