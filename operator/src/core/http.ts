@@ -12,8 +12,8 @@ export interface HealthSources {
 
 export function buildHttpServer({ registry, ready, log }: HealthSources): FastifyInstance {
   const app = Fastify({
-    loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
-    disableRequestLogging: true,
+    // Probes and scrapes hit these routes every few seconds: log only problems.
+    loggerInstance: log.child({ component: 'http' }, { level: 'warn' }) as FastifyBaseLogger,
   });
   const statusSchema = {
     response: {

@@ -52,18 +52,27 @@ export class RestartingInformer<T extends KubernetesObject> {
     this.stopped = false;
     while (!this.stopped) {
       this.failedSinceStart = false;
+      let error: unknown;
+      const onError = (err: unknown) => (error = err);
+      this.inner.on('error', onError);
       try {
         await this.inner.start();
       } catch (err) {
-        this.failedSinceStart = true;
-        this.o.log.warn({ err, resource: this.o.resource }, 'informer failed to start');
+        error = err;
+      } finally {
+        this.inner.off('error', onError);
       }
-      if (!this.failedSinceStart) {
+      if (error === undefined && !this.failedSinceStart) {
         this.hasSynced = true;
         this.backoffMs = this.o.minBackoffMs ?? 500;
         return;
       }
-      await new Promise((r) => setTimeout(r, this.nextBackoff()));
+      const delay = this.nextBackoff();
+      this.o.log.warn(
+        { err: error, resource: this.o.resource, delayMs: delay },
+        'informer failed to list; retrying',
+      );
+      await new Promise((r) => setTimeout(r, delay));
     }
   }
 
