@@ -23,6 +23,10 @@ export interface ShardMeta {
   firstLogSeq: number;
   /** False while a snapshot copy is incomplete: the data is then not a consistent prefix. */
   complete: boolean;
+  /** After a snapshot copy: the source's seq when the copy ended; the copy is consistent from there. */
+  syncTarget?: number;
+  /** The term this agent started when it last took the shard as pivot. */
+  pivotTerm?: number;
 }
 
 export interface WipeRecord {
@@ -222,6 +226,7 @@ export class Store {
     await this.env.transaction(() => {
       const m = this.shardMeta(shard);
       m.history = appendTerm(m.history, term, m.seq + 1);
+      m.pivotTerm = term;
       this.meta.put(['shard', shard], m);
     });
   }
@@ -342,7 +347,12 @@ export class Store {
    * Snapshot copy, step 3: the copy now stands at `base` (the source's position when it began
    * reading); the source's log entries after base are replayed on top, which is idempotent.
    */
-  async finishCopy(shard: number, base: Position, history: TermStart[]): Promise<void> {
+  async finishCopy(
+    shard: number,
+    base: Position,
+    history: TermStart[],
+    syncTarget = base.seq,
+  ): Promise<void> {
     await this.env.transaction(() => {
       const m = this.shardMeta(shard);
       Object.assign(m, {
@@ -351,6 +361,7 @@ export class Store {
         history,
         firstLogSeq: base.seq + 1,
         complete: true,
+        syncTarget,
       });
       this.meta.put(['shard', shard], m);
     });

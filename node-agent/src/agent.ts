@@ -1,0 +1,664 @@
+// The agent: storage, the shard map and this agent's role per shard, replication both ways,
+// promotion, and the data operations the HTTP API calls. I/O shells around the pure decisions
+// in replication/history.ts.
+import { EventEmitter } from 'node:events';
+import type { FastifyBaseLogger } from 'fastify';
+import { backoffDelay, withRetry, type RetryPolicy } from '../../lib/retry.ts';
+import {
+  copiesOf,
+  diffShardMaps,
+  requiredCopies,
+  roleOf,
+  validateShardMap,
+  type Role,
+  type ShardMap,
+} from '../../lib/shard-map.ts';
+import { ApiError, staleEpoch, unavailable } from './api/errors.ts';
+import type { AgentConfig } from './config.ts';
+import type { Metrics } from './metrics.ts';
+import { CommitWaiters } from './replication/commit-waiters.ts';
+import { FollowerLink, type LinkHost } from './replication/follower-link.ts';
+import {
+  comparePositions,
+  committedSeq,
+  isPrefixOf,
+  mostAdvanced,
+  promotionQuorum,
+  readConfirmations,
+  type Position,
+} from './replication/history.ts';
+import type {
+  BatchAnswer,
+  BatchItemAnswer,
+  BatchRequest,
+  CopyState,
+  LogAnswer,
+  PositionAnswer,
+  SnapshotAnswer,
+} from './replication/protocol.ts';
+import { PeerClient } from './replication/transport.ts';
+import type { LogEntry } from './storage/records.ts';
+import type { Store } from './storage/store.ts';
+
+export type ShardState = 'serving' | 'syncing' | 'wiping' | 'promoting';
+
+export interface ShardRuntime {
+  shard: number;
+  role: Role;
+  pivot: string;
+  state: ShardState;
+  /** At the pivot: the term its writes carry (the epoch at which it took the shard). */
+  term: number;
+}
+
+const RECENT_ENTRIES = 2048;
+const TRIM_EVERY_MS = 5000;
+
+export class Agent implements LinkHost {
+  readonly name: string;
+  readonly store: Store;
+  readonly metrics: Metrics;
+  readonly log: FastifyBaseLogger;
+  readonly config: AgentConfig;
+  map: ShardMap | null = null;
+  /** Highest epoch seen anywhere (maps, replication, promotion queries): older traffic is refused. */
+  private seenEpoch = 0;
+  readonly shards = new Map<number, ShardRuntime>();
+  private readonly links = new Map<string, FollowerLink>();
+  private readonly clients = new Map<string, PeerClient>();
+  private readonly waiters = new CommitWaiters();
+  private readonly recent = new Map<number, LogEntry[]>();
+  private readonly copying = new Set<number>();
+  private readonly establishing = new Set<number>();
+  /** Local change feed for watchers: emits `shard` events with committed entries. */
+  readonly changes = new EventEmitter();
+  private trimTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+  private readonly abort = new AbortController();
+
+  constructor(config: AgentConfig, store: Store, metrics: Metrics, log: FastifyBaseLogger) {
+    this.config = config;
+    this.name = config.name;
+    this.store = store;
+    this.metrics = metrics;
+    this.log = log;
+    this.changes.setMaxListeners(0);
+    store.onCommitted = (shard, entries) => this.committedLocally(shard, entries);
+    this.trimTimer = setInterval(() => void this.trimLogs(), TRIM_EVERY_MS);
+    this.trimTimer.unref();
+  }
+
+  epoch(): number {
+    return this.map?.epoch ?? 0;
+  }
+
+  policy(): RetryPolicy {
+    return this.map!.retryPolicy;
+  }
+
+  get ready(): boolean {
+    return this.map !== null && !this.closed;
+  }
+
+  // ---- shard map -------------------------------------------------------------------------
+
+  /** Applies a map (operator push, cluster file, or the stored one at start). */
+  async applyMap(next: ShardMap, source: string): Promise<void> {
+    const problems = validateShardMap(next);
+    if (problems.length) throw new ApiError(400, 'INVALID_SHARD_MAP', problems.join('; '));
+    if (this.map && next.clusterUid !== this.map.clusterUid)
+      throw new ApiError(
+        400,
+        'WRONG_CLUSTER',
+        `map is for cluster ${next.clusterUid}, this agent serves ${this.map.clusterUid}`,
+      );
+    if (next.epoch < Math.max(this.epoch(), this.seenEpoch) && source !== 'storage')
+      throw staleEpoch(next.epoch, Math.max(this.epoch(), this.seenEpoch));
+    if (this.map && next.epoch === this.map.epoch && source !== 'storage') return;
+    const before = source === 'storage' ? null : this.map;
+    this.map = next;
+    this.seenEpoch = Math.max(this.seenEpoch, next.epoch);
+    if (source !== 'storage') await this.store.saveMap(next);
+    this.metrics.epoch.set(next.epoch);
+    this.log.info({ epoch: next.epoch, source }, 'shard map applied');
+
+    for (const peer of next.agents) if (peer.name !== this.name) this.linkTo(peer.name);
+    const changes = new Map(
+      diffShardMaps(before, next)
+        .filter((c) => c.agent === this.name)
+        .map((c) => [c.shard, c]),
+    );
+    for (const a of next.assignments) {
+      const role = roleOf(a, this.name);
+      const prev = this.shards.get(a.shard);
+      const rt: ShardRuntime = prev ?? { shard: a.shard, role, pivot: a.pivot, state: 'serving', term: 0 };
+      const wasPivot = prev?.role === 'pivot';
+      rt.role = role;
+      rt.pivot = a.pivot;
+      this.shards.set(a.shard, rt);
+      for (const r of ['pivot', 'follower'] as const)
+        this.metrics.role.set({ shard: String(a.shard), role: r }, role === r ? 1 : 0);
+      const change = changes.get(a.shard);
+      if (wasPivot && role !== 'pivot') {
+        this.waiters.failAll(a.shard, unavailable(`shard ${a.shard} moved to pivot ${a.pivot}`));
+        this.recent.delete(a.shard);
+      }
+      if (role === 'pivot' && (before === null || change !== undefined || rt.term === 0)) {
+        const prevAssignment = before?.assignments[a.shard];
+        void this.establish(a.shard, prevAssignment ? copiesOf(prevAssignment) : copiesOf(a));
+      } else if (
+        role === 'none' &&
+        this.store.shardsWithData().includes(a.shard) &&
+        !this.copying.has(a.shard)
+      ) {
+        void this.dropCopy(a.shard);
+      } else if (role === 'follower' && !this.copying.has(a.shard)) {
+        const m = this.store.shardMeta(a.shard);
+        rt.state = m.complete && m.seq >= (m.syncTarget ?? 0) ? 'serving' : 'syncing';
+      }
+    }
+    for (const link of this.links.values()) {
+      for (const shard of [...link.progress.keys()])
+        if (!this.shardsFollowedBy(link.peer).includes(shard)) link.forget(shard);
+      link.kick();
+    }
+  }
+
+  private linkTo(peer: string): FollowerLink {
+    let link = this.links.get(peer);
+    if (!link) {
+      link = new FollowerLink(peer, this.client(peer)!, this);
+      this.links.set(peer, link);
+    }
+    return link;
+  }
+
+  client(peer: string): PeerClient | undefined {
+    const info = this.map?.agents.find((a) => a.name === peer);
+    if (!info) return undefined;
+    let c = this.clients.get(peer);
+    if (!c || c.url !== info.url) {
+      c = new PeerClient(info.url, this.config.token);
+      this.clients.set(peer, c);
+    }
+    return c;
+  }
+
+  urlOf(peer: string): string | undefined {
+    return this.map?.agents.find((a) => a.name === peer)?.url;
+  }
+
+  /** A newer epoch was seen in traffic: stop acknowledging as pivot until a map that new arrives. */
+  observeEpoch(epoch: number): void {
+    if (epoch <= this.seenEpoch) return;
+    this.seenEpoch = epoch;
+    if (epoch <= this.epoch()) return;
+    this.log.warn({ epoch, mine: this.epoch() }, 'saw a newer epoch: fenced until its map arrives');
+    for (const rt of this.shards.values()) {
+      if (rt.role === 'pivot')
+        this.waiters.failAll(rt.shard, unavailable(`shard ${rt.shard}: a newer shard map exists`));
+    }
+  }
+
+  onStaleEpoch(theirEpoch: number): void {
+    this.observeEpoch(Math.max(theirEpoch, this.epoch() + 1));
+  }
+
+  private fenced(): boolean {
+    return this.seenEpoch > this.epoch();
+  }
+
+  shardsFollowedBy(peer: string): number[] {
+    if (!this.map || this.fenced()) return [];
+    const out: number[] = [];
+    for (const a of this.map.assignments)
+      if (
+        a.pivot === this.name &&
+        a.followers.includes(peer) &&
+        this.shards.get(a.shard)?.state === 'serving'
+      )
+        out.push(a.shard);
+    return out;
+  }
+
+  // ---- becoming pivot --------------------------------------------------------------------
+
+  /**
+   * Before taking writes in a new term: hear from enough of the shard's previous copies that
+   * every acknowledged write is among the answers, pull what the most advanced one has beyond
+   * this copy, then start the term. Writes get 503 until done.
+   */
+  private async establish(shard: number, previousCopies: string[]): Promise<void> {
+    const rt = this.shards.get(shard)!;
+    const epoch = this.epoch();
+    const meta = this.store.shardMeta(shard);
+    const lastTerm = meta.history[meta.history.length - 1]?.term;
+    if (meta.pivotTerm !== undefined && lastTerm === meta.pivotTerm && meta.pivotTerm === epoch) {
+      rt.term = epoch; // restarted in our own term: we hold everything we acknowledged
+      rt.state = 'serving';
+      return;
+    }
+    if (this.establishing.has(shard)) return;
+    this.establishing.add(shard);
+    rt.state = 'promoting';
+    try {
+      const need = promotionQuorum(this.map!.writeConcern, previousCopies.length);
+      const others = [...new Set([...previousCopies, ...copiesOf(this.map!.assignments[shard]!)])].filter(
+        (n) => n !== this.name,
+      );
+      for (let round = 1; !this.closed && this.epoch() === epoch; round++) {
+        const answers: { name: string; position: Position; answer: PositionAnswer }[] = [];
+        if (meta.complete || this.store.shardMeta(shard).complete) {
+          const m = this.store.shardMeta(shard);
+          answers.push({
+            name: this.name,
+            position: this.store.position(shard),
+            answer: {
+              position: this.store.position(shard),
+              complete: true,
+              serving: true,
+              copying: false,
+              history: m.history,
+              firstLogSeq: m.firstLogSeq,
+            },
+          });
+        }
+        const asked = await Promise.allSettled(
+          others.map(async (name) => {
+            // One attempt per round: rounds repeat on the retry policy's backoff until a quorum answers.
+            const { value } = await this.client(name)!.call<PositionAnswer>(
+              '/_pivot/v1/replicate/position',
+              { epoch, shard, from: this.name },
+              AbortSignal.any([AbortSignal.timeout(this.policy().timeoutMs), this.abort.signal]),
+            );
+            return { name, position: value.position, answer: value };
+          }),
+        );
+        for (const r of asked) if (r.status === 'fulfilled' && r.value.answer.complete) answers.push(r.value);
+        const counted = answers.filter(
+          (a) => previousCopies.includes(a.name) || previousCopies.length === 0,
+        ).length;
+        if (counted >= need) {
+          const best = mostAdvanced(answers);
+          if (
+            best &&
+            best.name !== this.name &&
+            comparePositions(best.position, this.store.position(shard)) > 0
+          ) {
+            await this.catchUpFrom(best.name, shard, best.answer, epoch);
+          }
+          if (this.epoch() !== epoch) return;
+          await this.store.startTerm(shard, epoch);
+          rt.term = epoch;
+          rt.state = 'serving';
+          this.log.info(
+            { shard, term: epoch, position: this.store.position(shard), answers: answers.length },
+            'shard established as pivot',
+          );
+          for (const link of this.links.values()) link.kick();
+          return;
+        }
+        this.log.warn(
+          { shard, answers: answers.length, need },
+          'not enough copies answer to take over the shard; retrying',
+        );
+        this.metrics.retries.inc({ call: 'position' });
+        await new Promise((r) => setTimeout(r, backoffDelay(this.policy(), round)));
+      }
+    } catch (error) {
+      this.log.error({ shard, err: (error as Error).message }, 'taking over the shard failed; retrying');
+      this.establishing.delete(shard);
+      if (!this.closed && this.epoch() === epoch)
+        setTimeout(() => void this.establish(shard, previousCopies), 1000).unref();
+      return;
+    } finally {
+      this.establishing.delete(shard);
+    }
+  }
+
+  /** Pulls the suffix this copy lacks from `source` (its log, or a snapshot copy when it must). */
+  private async catchUpFrom(
+    source: string,
+    shard: number,
+    state: PositionAnswer,
+    epoch: number,
+  ): Promise<void> {
+    const mine = this.store.position(shard);
+    if (!isPrefixOf(mine, state.history, state.position) || mine.seq + 1 < state.firstLogSeq) {
+      await this.copyFrom(source, shard, `copy from ${source}: its history does not continue this copy's`);
+    }
+    for (;;) {
+      const from = this.store.position(shard).seq + 1;
+      if (from > state.position.seq) return;
+      const { value } = await this.callPeer<LogAnswer>(source, '/_pivot/v1/replicate/log', {
+        epoch,
+        shard,
+        from,
+        limit: 5000,
+      });
+      if (value.entries.length === 0) return;
+      const { gap } = await this.store.applyEntries(shard, value.entries);
+      if (gap) throw new Error(`log from ${source} does not continue this copy`);
+    }
+  }
+
+  async callPeer<T>(peer: string, path: string, body: unknown): Promise<{ value: T; bytes: number }> {
+    const client = this.client(peer);
+    if (!client) throw new Error(`unknown agent ${peer}`);
+    return withRetry(
+      this.policy(),
+      (signal) => client.call<T>(path, body, AbortSignal.any([signal, this.abort.signal])),
+      {
+        signal: this.abort.signal,
+        onRetry: () => this.metrics.retries.inc({ call: path.split('/').pop()! }),
+      },
+    );
+  }
+
+  // ---- follower side ----------------------------------------------------------------------
+
+  private checkEpoch(epoch: number): void {
+    if (epoch < this.epoch()) throw staleEpoch(epoch, this.epoch());
+    this.observeEpoch(epoch);
+  }
+
+  private copyState(shard: number): CopyState {
+    const m = this.store.shardMeta(shard);
+    const copying = this.copying.has(shard);
+    return {
+      position: this.store.position(shard),
+      complete: m.complete && !copying,
+      serving: m.complete && !copying && m.seq >= (m.syncTarget ?? 0),
+      copying,
+    };
+  }
+
+  async handleBatch(req: BatchRequest): Promise<BatchAnswer> {
+    this.checkEpoch(req.epoch);
+    const items = await Promise.all(
+      req.items.map(async (item): Promise<BatchItemAnswer> => {
+        const rt = this.shards.get(item.shard);
+        const answer = (extra: Partial<BatchItemAnswer> = {}) => ({
+          shard: item.shard,
+          ...this.copyState(item.shard),
+          ...extra,
+        });
+        if (req.epoch === this.epoch() && rt && rt.pivot !== req.from)
+          return answer({
+            refused: `${req.from} is not the pivot of shard ${item.shard} at epoch ${req.epoch}`,
+          });
+        if (rt?.state === 'wiping') return answer({ refused: 'shard is being wiped' });
+        if (this.copying.has(item.shard)) return answer();
+        if (item.copy) {
+          void this.copyFrom(req.from, item.shard, `${item.copy}: copy from pivot ${req.from}`);
+          return answer({ copying: true });
+        }
+        if (item.entries?.length) {
+          const pos = this.store.position(item.shard);
+          if (!item.prev || pos.seq !== item.prev.seq || pos.term !== item.prev.term)
+            return answer({ mismatch: true });
+          const { gap } = await this.store.applyEntries(item.shard, item.entries);
+          if (gap) return answer({ mismatch: true });
+        }
+        const m = this.store.shardMeta(item.shard);
+        if (rt && rt.role === 'follower') {
+          rt.state = this.copyState(item.shard).serving ? 'serving' : 'syncing';
+          this.metrics.lag.set(
+            { shard: String(item.shard), follower: this.name },
+            Math.max(0, item.pivotSeq - m.seq),
+          );
+        }
+        return answer();
+      }),
+    );
+    return { epoch: this.epoch(), items };
+  }
+
+  handlePosition(req: { epoch: number; shard: number }): PositionAnswer {
+    this.checkEpoch(req.epoch);
+    const m = this.store.shardMeta(req.shard);
+    return { ...this.copyState(req.shard), history: m.history, firstLogSeq: m.firstLogSeq };
+  }
+
+  handleLog(req: { epoch: number; shard: number; from: number; limit: number }): LogAnswer {
+    this.checkEpoch(req.epoch);
+    const m = this.store.shardMeta(req.shard);
+    return {
+      entries: this.store.readLog(req.shard, req.from, Math.min(req.limit, 10_000)),
+      position: this.store.position(req.shard),
+      history: m.history,
+      firstLogSeq: m.firstLogSeq,
+    };
+  }
+
+  handleSnapshot(req: { epoch: number; shard: number; after: (string | number)[] | null }): SnapshotAnswer {
+    this.checkEpoch(req.epoch);
+    const durable = this.store.durableSeq(req.shard);
+    const base = req.after === null ? this.store.position(req.shard) : undefined;
+    const history = base ? this.store.shardMeta(req.shard).history : undefined;
+    const page = this.store.snapshotPage(req.shard, req.after, 1000);
+    return { records: page.records, last: page.last, ...(base ? { base, history } : {}), durable };
+  }
+
+  /** Wipes this copy durably and copies the shard from `source`; serves once caught up. */
+  async copyFrom(source: string, shard: number, reason: string): Promise<void> {
+    if (this.copying.has(shard)) return;
+    this.copying.add(shard);
+    const rt = this.shards.get(shard);
+    try {
+      if (rt) rt.state = 'wiping';
+      this.log.warn({ shard, source, reason }, 'wiping shard to copy it afresh');
+      await this.store.beginCopy(shard, reason);
+      this.metrics.wipes.inc({ reason: reason.split(':')[0]! });
+      if (rt) rt.state = 'syncing';
+      const epoch = this.epoch();
+      let after: (string | number)[] | null = null;
+      let base: Position | undefined;
+      let history = [] as PositionAnswer['history'];
+      let durable = 0;
+      for (;;) {
+        const { value, bytes }: { value: SnapshotAnswer; bytes: number } =
+          await this.callPeer<SnapshotAnswer>(source, '/_pivot/v1/replicate/snapshot', {
+            epoch,
+            shard,
+            after,
+          });
+        this.metrics.bytesSynced.inc({ direction: 'received', kind: 'snapshot' }, bytes);
+        if (value.base) {
+          base = value.base;
+          history = value.history!;
+        }
+        durable = value.durable;
+        if (value.records.length === 0) break;
+        await this.store.copyRecords(shard, value.records);
+        after = value.last;
+      }
+      await this.store.finishCopy(shard, base!, history, durable);
+      this.log.info({ shard, source, base, syncTarget: durable }, 'snapshot copy finished');
+    } catch (error) {
+      this.log.error(
+        { shard, source, err: (error as Error).message },
+        'snapshot copy failed; the pivot will ask again',
+      );
+    } finally {
+      this.copying.delete(shard);
+      if (rt && rt.state !== 'promoting') rt.state = this.copyState(shard).serving ? 'serving' : 'syncing';
+    }
+  }
+
+  private async dropCopy(shard: number) {
+    const rt = this.shards.get(shard)!;
+    rt.state = 'wiping';
+    await this.store.wipeShard(shard, 'copy removed from this agent by the shard map');
+    this.metrics.wipes.inc({ reason: 'removed' });
+    rt.state = 'serving';
+  }
+
+  // ---- pivot write path -------------------------------------------------------------------
+
+  private committedLocally(shard: number, entries: LogEntry[]) {
+    const rt = this.shards.get(shard);
+    if (rt?.role === 'pivot') {
+      let buf = this.recent.get(shard);
+      if (!buf) this.recent.set(shard, (buf = []));
+      buf.push(...entries);
+      if (buf.length > RECENT_ENTRIES * 2) buf.splice(0, buf.length - RECENT_ENTRIES);
+      for (const link of this.links.values()) link.kick();
+      this.onProgress(shard);
+    }
+    this.changes.emit('shard', shard, entries);
+  }
+
+  recentEntries(shard: number, from: number, upTo: number): LogEntry[] {
+    const buf = this.recent.get(shard);
+    if (buf && buf.length && buf[0]!.seq <= from && buf[buf.length - 1]!.seq >= upTo) {
+      const start = from - buf[0]!.seq;
+      return buf.slice(start, start + (upTo - from + 1));
+    }
+    return this.store.readLog(shard, from, upTo - from + 1);
+  }
+
+  private requiredFor(shard: number): number {
+    const a = this.map!.assignments[shard]!;
+    return requiredCopies(this.map!.writeConcern, copiesOf(a).length);
+  }
+
+  onProgress(shard: number): void {
+    const a = this.map?.assignments[shard];
+    if (!a || a.pivot !== this.name) return;
+    const followers = a.followers.map((f) => {
+      const link = this.links.get(f);
+      const p = link?.progress.get(shard);
+      return { applied: p?.applied ?? 0, serving: !!p && !link!.down && p.mode === 'stream' && p.serving };
+    });
+    this.waiters.committed(
+      shard,
+      committedSeq(this.store.durableSeq(shard), followers, this.requiredFor(shard)),
+    );
+  }
+
+  onPeerDown(_peer: string): void {
+    if (!this.map) return;
+    for (const shard of this.waiters.shards()) {
+      const a = this.map.assignments[shard]!;
+      const up = 1 + a.followers.filter((f) => this.links.get(f) && !this.links.get(f)!.down).length;
+      if (up < this.requiredFor(shard))
+        this.waiters.failAll(
+          shard,
+          unavailable(`shard ${shard}: fewer copies reachable than the write concern needs`, 2),
+        );
+    }
+  }
+
+  /** The runtime of a shard this agent leads and may write now, or a 503 saying why not. */
+  writable(shard: number): ShardRuntime {
+    const rt = this.shards.get(shard);
+    if (!rt || rt.role !== 'pivot') throw unavailable(`this agent is not the pivot of shard ${shard}`);
+    if (this.fenced()) throw unavailable(`shard ${shard}: a newer shard map exists; waiting for it`);
+    if (rt.state !== 'serving') throw unavailable(`shard ${shard} is ${rt.state}; retry shortly`);
+    return rt;
+  }
+
+  /** Waits until the write at `seq` holds the copies the write concern requires. */
+  async awaitWriteConcern(shard: number, seq: number): Promise<void> {
+    const p = this.policy();
+    const budget = p.maxAttempts * p.timeoutMs;
+    const wait = this.waiters.wait(shard, seq, budget);
+    this.onProgress(shard);
+    this.onPeerDown('');
+    await wait;
+  }
+
+  /** At the pivot: enough followers confirm our epoch after `now`, so no newer pivot acked anything we miss. */
+  async confirmLeadership(shard: number): Promise<void> {
+    const a = this.map!.assignments[shard]!;
+    const need = readConfirmations(this.map!.writeConcern, copiesOf(a).length);
+    if (need === 0) return;
+    const started = performance.now();
+    const confirmations = a.followers.map((f) => this.linkTo(f).confirmAfter(started));
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(unavailable(`shard ${shard}: followers did not confirm this pivot in time`)),
+        this.policy().timeoutMs,
+      );
+    });
+    let got = 0;
+    try {
+      await Promise.race([
+        new Promise<void>((resolve) => {
+          for (const c of confirmations)
+            void c.then(() => {
+              if (++got >= need) resolve();
+            });
+        }),
+        timeout,
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+    if (this.fenced() || this.shards.get(shard)?.role !== 'pivot')
+      throw unavailable(`shard ${shard} changed pivot`);
+  }
+
+  private async trimLogs() {
+    for (const shard of this.store.shardsWithData()) {
+      const m = this.store.shardMeta(shard);
+      if (m.seq - m.firstLogSeq + 1 > this.config.logRetain * 1.25) {
+        await this.store
+          .trimLog(shard, m.seq - this.config.logRetain + 1)
+          .catch((e: Error) => this.log.error({ shard, err: e.message }, 'log trim failed'));
+      }
+    }
+  }
+
+  status() {
+    return {
+      name: this.name,
+      clusterUid: this.map?.clusterUid ?? this.config.clusterUid ?? null,
+      epoch: this.epoch(),
+      ready: this.ready,
+      shards: [...this.shards.values()]
+        .filter((rt) => rt.role !== 'none')
+        .map((rt) => {
+          const position = this.store.position(rt.shard);
+          const committed = rt.role === 'pivot' ? this.store.durableSeq(rt.shard) : position.seq;
+          const followers =
+            rt.role === 'pivot'
+              ? this.map!.assignments[rt.shard]!.followers.map((f) => {
+                  const p = this.links.get(f)?.progress.get(rt.shard);
+                  return {
+                    name: f,
+                    applied: p?.applied ?? 0,
+                    serving: !!p?.serving,
+                    mode: p?.mode ?? 'probe',
+                    down: !!this.links.get(f)?.down,
+                  };
+                })
+              : undefined;
+          const lag = followers ? Math.max(0, ...followers.map((f) => committed - f.applied)) : 0;
+          return {
+            shard: rt.shard,
+            role: rt.role,
+            pivot: rt.pivot,
+            state: rt.state,
+            position,
+            committedSeq: committed,
+            lagSeq: lag,
+            ...(followers ? { followers } : {}),
+          };
+        }),
+      wipes: this.store.wipes(),
+    };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.trimTimer);
+    this.abort.abort(new Error('agent shutting down'));
+    for (const shard of this.waiters.shards())
+      this.waiters.failAll(shard, unavailable('agent shutting down'));
+    await Promise.all([...this.links.values()].map((l) => l.close()));
+    await Promise.all([...this.clients.values()].map((c) => c.close().catch(() => {})));
+  }
+}

@@ -1,0 +1,80 @@
+// Agent-to-agent calls: one undici Pool (persistent HTTP/1.1 keep-alive connections) per peer,
+// MessagePack bodies (bigint timestamps survive, no JSON re-encoding of big batches).
+import { Packr } from 'msgpackr';
+import { Pool } from 'undici';
+import { PermanentError } from '../../../lib/retry.ts';
+
+export const MSGPACK = 'application/x-msgpack';
+// useRecords off: plain maps on the wire, readable by any msgpack decoder.
+export const packr = new Packr({ useRecords: false, int64AsType: 'bigint' });
+
+export class PeerCallError extends Error {
+  override readonly name = 'PeerCallError';
+  readonly status: number;
+  readonly body: unknown;
+  constructor(status: number, body: unknown) {
+    const err = (body as { error?: { code?: string; message?: string } } | undefined)?.error;
+    super(`peer answered ${status}${err ? ` ${err.code}: ${err.message}` : ''}`);
+    this.status = status;
+    this.body = body;
+  }
+  get code(): string | undefined {
+    return (this.body as { error?: { code?: string } } | undefined)?.error?.code;
+  }
+}
+
+export class PeerClient {
+  readonly url: string;
+  readonly pool: Pool;
+  private readonly token: string | undefined;
+
+  constructor(url: string, token: string | undefined) {
+    this.url = url;
+    this.token = token;
+    this.pool = new Pool(url, { connections: 32, keepAliveTimeout: 30_000 });
+  }
+
+  /** POSTs a MessagePack body to an internal route; 4xx answers are PermanentError-wrapped. */
+  async call<T>(path: string, body: unknown, signal: AbortSignal): Promise<{ value: T; bytes: number }> {
+    const payload = packr.pack(body);
+    const res = await this.pool.request({
+      method: 'POST',
+      path,
+      body: payload,
+      signal,
+      headers: {
+        'content-type': MSGPACK,
+        accept: MSGPACK,
+        ...(this.token ? { authorization: `Bearer ${this.token}` } : {}),
+      },
+    });
+    const buf = Buffer.from(await res.body.arrayBuffer());
+    const type = String(res.headers['content-type'] ?? '');
+    const value =
+      buf.length === 0
+        ? undefined
+        : type.startsWith(MSGPACK)
+          ? packr.unpack(buf)
+          : JSON.parse(buf.toString());
+    if (res.statusCode >= 400) {
+      const error = new PeerCallError(res.statusCode, value);
+      // A refusal (fencing, bad request) will not change on retry; overload and outages may.
+      if (res.statusCode < 500 && res.statusCode !== 429)
+        throw new PermanentError(error.message, { cause: error });
+      throw error;
+    }
+    return { value: value as T, bytes: payload.length + buf.length };
+  }
+
+  close(): Promise<void> {
+    return this.pool.close();
+  }
+}
+
+/** The PeerCallError behind an error thrown by call(), if any. */
+export function peerError(error: unknown): PeerCallError | undefined {
+  if (error instanceof PeerCallError) return error;
+  if (error instanceof Error && error.cause instanceof PeerCallError) return error.cause;
+  if (error instanceof Error && error.cause) return peerError(error.cause);
+  return undefined;
+}
