@@ -3,7 +3,7 @@
 // same machine: PUT and GET throughput and latency, p99 at half the max PUT load, the catch-up of
 // a member that missed N writes, and memory (RSS). Numbers are reported, never asserted.
 import { readFileSync } from 'node:fs';
-import { cpus, totalmem } from 'node:os';
+import { cpus, loadavg, totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
 import { Cluster, waitFor } from '../e2e/agent/harness.ts';
 import { EtcdCluster, etcdPut, etcdRange, findEtcd } from './etcd.ts';
@@ -35,6 +35,8 @@ interface System {
   targets: string[];
   put(origin: string, key: string): Request;
   get(origin: string, key: string): Request;
+  /** A read served from the receiving copy (`?consistency=local`, etcd `serializable`). */
+  getLocal(origin: string, key: string): Request;
   pids(): number[];
   /** Kill -9 one copy, write `n` keys, restart it, and time until it has applied them all. */
   catchUp?(n: number): Promise<{ writeOpsPerSec: number; seconds: number }>;
@@ -44,10 +46,14 @@ interface System {
 interface Row {
   put: LoadResult;
   get: LoadResult;
+  getLocal: LoadResult;
   halfLoad: LoadResult;
   catchUp?: { writeOpsPerSec: number; seconds: number };
   soak?: LoadResult;
   rssMiB: { start: number; peak: number; end: number };
+  soakRssMiB: { start: number; peak: number; end: number };
+  /** 1-minute load average of the machine when the measurement started and ended. */
+  load: [number, number];
 }
 
 function rssMiB(pid: number): number {
@@ -97,6 +103,12 @@ async function pivotSystem(replicationFactor: number): Promise<System> {
       body: VALUE,
     }),
     get: (origin, key) => ({ origin, method: 'GET', path: `/v1/data/${key}`, headers: auth }),
+    getLocal: (origin, key) => ({
+      origin,
+      method: 'GET',
+      path: `/v1/data/${key}?consistency=local`,
+      headers: auth,
+    }),
     pids: () => cluster.names().flatMap((n) => cluster.pid(n) ?? []),
     catchUp:
       replicationFactor === 3
@@ -155,6 +167,7 @@ async function etcdSystem(members: number): Promise<System> {
     targets: etcd.clientUrls,
     put: (origin, key) => etcdPut(origin, key, VALUE),
     get: (origin, key) => etcdRange(origin, key),
+    getLocal: (origin, key) => etcdRange(origin, key, true),
     pids: () => etcd.pids,
     catchUp:
       members === 3
@@ -187,6 +200,7 @@ async function etcdSystem(members: number): Promise<System> {
 }
 
 async function measure(system: System): Promise<Row> {
+  const loadAtStart = loadavg()[0]!;
   const rss = rssSampler(system);
   const t = system.targets;
   const put = await runLoad({
@@ -202,6 +216,12 @@ async function measure(system: System): Promise<Row> {
     maxOps: MAX_OPS,
     request: (i) => system.get(t[i % t.length]!, `k-${(i * 7919) % written}`),
   });
+  const getLocal = await runLoad({
+    concurrency,
+    durationMs: phaseMs,
+    maxOps: MAX_OPS,
+    request: (i) => system.getLocal(t[i % t.length]!, `k-${(i * 7919) % written}`),
+  });
   const halfLoad = await runLoad({
     concurrency: concurrency * 4,
     durationMs: phaseMs,
@@ -210,6 +230,7 @@ async function measure(system: System): Promise<Row> {
     request: (i) => system.put(t[i % t.length]!, `half-${i}`),
   });
   const catchUp = system.catchUp ? await system.catchUp(catchupKeys) : undefined;
+  const soakRss = rssSampler(system);
   const soak = await runLoad({
     concurrency,
     durationMs: soakSeconds * 1000,
@@ -219,7 +240,17 @@ async function measure(system: System): Promise<Row> {
         ? system.get(t[i % t.length]!, `k-${i % written}`)
         : system.put(t[i % t.length]!, `soak-${i % 10_000}`),
   });
-  return { put, get, halfLoad, catchUp, soak, rssMiB: rss.stop() };
+  return {
+    put,
+    get,
+    getLocal,
+    halfLoad,
+    catchUp,
+    soak,
+    soakRssMiB: soakRss.stop(),
+    rssMiB: rss.stop(),
+    load: [loadAtStart, loadavg()[0]!],
+  };
 }
 
 const fmt = {
@@ -228,12 +259,17 @@ const fmt = {
   ms: (v: number) => (Number.isFinite(v) ? v.toFixed(v < 10 ? 2 : 1) : '–'),
 };
 
+const mib = (m: { start: number; peak: number; end: number }) =>
+  `${m.start.toFixed(0)} / ${m.peak.toFixed(0)} / ${m.end.toFixed(0)}`;
+
 function table(results: { label: string; row: Row }[]): string {
   const lines: [string, (r: Row) => string][] = [
     ['PUT ops/s (1 KB, closed loop)', (r) => fmt.ops(r.put)],
     ['PUT p50 / p99 ms', (r) => `${fmt.ms(r.put.p50Ms)} / ${fmt.ms(r.put.p99Ms)}`],
     ['GET ops/s', (r) => fmt.ops(r.get)],
     ['GET p50 / p99 ms', (r) => `${fmt.ms(r.get.p50Ms)} / ${fmt.ms(r.get.p99Ms)}`],
+    ['GET local/serializable ops/s', (r) => fmt.ops(r.getLocal)],
+    ['GET local p50 / p99 ms', (r) => `${fmt.ms(r.getLocal.p50Ms)} / ${fmt.ms(r.getLocal.p99Ms)}`],
     ['PUT at half max load: rate ops/s', (r) => fmt.ops(r.halfLoad)],
     [
       'PUT at half max load: p50 / p99 ms',
@@ -248,10 +284,9 @@ function table(results: { label: string; row: Row }[]): string {
       (r) => (r.catchUp ? fmt.ops({ opsPerSec: r.catchUp.writeOpsPerSec, errors: 0 } as LoadResult) : '–'),
     ],
     [`mixed soak ${soakSeconds} s ops/s`, (r) => (r.soak ? fmt.ops(r.soak) : '–')],
-    [
-      'RSS MiB per process: start / peak / end',
-      (r) => `${r.rssMiB.start.toFixed(0)} / ${r.rssMiB.peak.toFixed(0)} / ${r.rssMiB.end.toFixed(0)}`,
-    ],
+    ['RSS MiB, largest process, whole run: start / peak / end', (r) => mib(r.rssMiB)],
+    ['RSS MiB, largest process, during the soak', (r) => mib(r.soakRssMiB)],
+    ['machine load avg (1 min) at start / end', (r) => `${r.load[0].toFixed(1)} / ${r.load[1].toFixed(1)}`],
   ];
   const header = `| metric | ${results.map((r) => r.label).join(' | ')} |`;
   const rule = `|---|${results.map(() => '---').join('|')}|`;
@@ -296,7 +331,9 @@ async function main() {
   console.log('');
   console.log(table(results));
   for (const r of results) {
-    const errors = [r.row.put, r.row.get, r.row.halfLoad, r.row.soak].find((x) => x?.firstError)?.firstError;
+    const errors = [r.row.put, r.row.get, r.row.getLocal, r.row.halfLoad, r.row.soak].find(
+      (x) => x?.firstError,
+    )?.firstError;
     if (errors) console.log(`first error for ${r.label}: ${errors}`);
   }
 }
