@@ -14,15 +14,28 @@ export interface PivotHealth {
   reason: string;
 }
 
-/** A pivot is failed when its pod is gone, terminating, or not ready for longer than the grace period. */
-export function pivotHealth(agent: AgentObservation | undefined, now: number, graceMs: number): PivotHealth {
+/**
+ * A pivot is failed when its pod is gone or terminating, or when its pod has been not ready for
+ * longer than the grace period and the operator's own probe agrees: the agent does not answer,
+ * or answers not ready at the current epoch. An agent that answers but has not yet applied the
+ * current map (just started, or just assigned) is not failed: it only needs the map pushed.
+ */
+export function pivotHealth(
+  agent: AgentObservation | undefined,
+  now: number,
+  graceMs: number,
+  epoch: number,
+): PivotHealth {
   if (!agent) return { failed: true, since: null, reason: 'pod is gone' };
   if (agent.deleting) return { failed: true, since: agent.notReadySince, reason: 'pod is terminating' };
   if (agent.podReady) return { failed: false, since: null, reason: 'ready' };
   const since = agent.notReadySince ?? now;
-  if (now - since >= graceMs)
-    return { failed: true, since, reason: `pod not ready for ${Math.round((now - since) / 100) / 10}s` };
-  return { failed: false, since, reason: 'not ready, within the grace period' };
+  if (now - since < graceMs) return { failed: false, since, reason: 'not ready, within the grace period' };
+  const notReadyFor = `pod not ready for ${Math.round((now - since) / 100) / 10}s`;
+  if (agent.status === null) return { failed: true, since, reason: `${notReadyFor}, agent not answering` };
+  if (agent.status.epoch >= epoch && !agent.status.ready)
+    return { failed: true, since, reason: `${notReadyFor}, agent reports not ready` };
+  return { failed: false, since, reason: `${notReadyFor}, but the agent answers (waiting for the map)` };
 }
 
 export type FailoverChoice =

@@ -9,24 +9,28 @@ const shard0 = { shard: 0, pivot: 'c-0', followers: ['c-1', 'c-2'] };
 const agents = (...list: AgentObservation[]) => new Map(list.map((a) => [a.name, a]));
 
 describe('pivotHealth', () => {
+  const notReady = (over: Partial<AgentObservation> = {}) =>
+    agentObs('c-0', { podReady: false, notReadySince: 1000, status: null, ...over });
   it.each([
     { name: 'gone', agent: undefined, now: 0, failed: true },
     { name: 'terminating', agent: agentObs('c-0', { deleting: true }), now: 0, failed: true },
     { name: 'ready', agent: agentObs('c-0'), now: 0, failed: false },
+    { name: 'not ready within grace', agent: notReady(), now: 1999, failed: false },
+    { name: 'not ready past grace, agent silent', agent: notReady(), now: 2000, failed: true },
     {
-      name: 'not ready within grace',
-      agent: agentObs('c-0', { podReady: false, notReadySince: 1000 }),
-      now: 1999,
-      failed: false,
-    },
-    {
-      name: 'not ready past grace',
-      agent: agentObs('c-0', { podReady: false, notReadySince: 1000 }),
+      name: 'not ready past grace, agent answers not ready at the current epoch',
+      agent: notReady({ status: { name: 'c-0', epoch: 5, ready: false, shards: [] } }),
       now: 2000,
       failed: true,
     },
+    {
+      name: 'not ready past grace, agent answers but has not got the current map (just started)',
+      agent: notReady({ status: { name: 'c-0', epoch: 4, ready: false, shards: [] } }),
+      now: 2000,
+      failed: false,
+    },
   ])('$name → failed=$failed', ({ agent, now, failed }) => {
-    expect(pivotHealth(agent, now, 1000).failed).toBe(failed);
+    expect(pivotHealth(agent, now, 1000, 5).failed).toBe(failed);
   });
 });
 

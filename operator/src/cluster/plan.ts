@@ -136,7 +136,7 @@ export function plan(input: PlanInput): Plan {
   }));
   const refusals: string[] = [];
   for (const a of input.assignments) {
-    const health = pivotHealth(agents.get(a.pivot), now, spec.notReadyGraceMs);
+    const health = pivotHealth(agents.get(a.pivot), now, spec.notReadyGraceMs, epoch);
     if (!health.failed) continue;
     const choice = chooseFailover(a, agents, spec.writeConcern, epoch);
     for (const w of choice.warnings)

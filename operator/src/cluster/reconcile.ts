@@ -184,7 +184,9 @@ export class PivotClusterReconciler {
       await this.d.core.deleteNamespacedPod({ name: decision.deletePod, namespace });
     }
 
-    return { requeueAfterMs: this.requeueAfter(decision, spec, agents, assignments, pushFailures, now) };
+    return {
+      requeueAfterMs: this.requeueAfter(decision, spec, agents, assignments, pushFailures, now, epoch),
+    };
   }
 
   private forget(key: string, namespace: string, name: string): void {
@@ -474,6 +476,7 @@ export class PivotClusterReconciler {
     assignments: NonNullable<PivotClusterStatus['assignments']>,
     pushFailures: number,
     now: number,
+    epoch: number,
   ): number {
     if (
       decision.assignments ||
@@ -487,7 +490,7 @@ export class PivotClusterReconciler {
     // A pivot inside its grace period: look again exactly when it would expire.
     let next = RESYNC_MS;
     for (const a of assignments) {
-      const h = pivotHealth(agents.get(a.pivot), now, spec.notReadyGraceMs);
+      const h = pivotHealth(agents.get(a.pivot), now, spec.notReadyGraceMs, epoch);
       if (!h.failed && h.since !== null)
         next = Math.min(next, Math.max(50, h.since + spec.notReadyGraceMs - now));
     }
