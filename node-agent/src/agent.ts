@@ -69,7 +69,8 @@ export class Agent implements LinkHost {
   private readonly waiters = new CommitWaiters();
   private readonly recent = new Map<number, LogEntry[]>();
   private readonly copying = new Set<number>();
-  private readonly establishing = new Set<number>();
+  /** Shards taking over as pivot, with the epoch each takeover is for. */
+  private readonly establishing = new Map<number, number>();
   /** Local change feed for watchers: emits `shard` events with committed entries. */
   readonly changes = new EventEmitter();
   private trimTimer: NodeJS.Timeout | undefined;
@@ -238,8 +239,8 @@ export class Agent implements LinkHost {
       rt.state = 'serving';
       return;
     }
-    if (this.establishing.has(shard)) return;
-    this.establishing.add(shard);
+    if (this.establishing.get(shard) === epoch) return;
+    this.establishing.set(shard, epoch); // a takeover for an older epoch sees the change and stops
     rt.state = 'promoting';
     try {
       const need = promotionQuorum(this.map!.writeConcern, previousCopies.length);
@@ -307,12 +308,12 @@ export class Agent implements LinkHost {
       }
     } catch (error) {
       this.log.error({ shard, err: (error as Error).message }, 'taking over the shard failed; retrying');
-      this.establishing.delete(shard);
+      if (this.establishing.get(shard) === epoch) this.establishing.delete(shard);
       if (!this.closed && this.epoch() === epoch)
         setTimeout(() => void this.establish(shard, previousCopies), 1000).unref();
       return;
     } finally {
-      this.establishing.delete(shard);
+      if (this.establishing.get(shard) === epoch) this.establishing.delete(shard);
     }
   }
 
@@ -373,8 +374,14 @@ export class Agent implements LinkHost {
     };
   }
 
+  /** A peer sent us a request: if we had backed it off, catch it up now. */
+  private heardFrom(peer: unknown): void {
+    if (typeof peer === 'string') this.links.get(peer)?.recheckNow();
+  }
+
   async handleBatch(req: BatchRequest): Promise<BatchAnswer> {
     this.checkEpoch(req.epoch);
+    this.heardFrom(req.from);
     const items = await Promise.all(
       req.items.map(async (item): Promise<BatchItemAnswer> => {
         const rt = this.shards.get(item.shard);
@@ -414,8 +421,9 @@ export class Agent implements LinkHost {
     return { epoch: this.epoch(), items };
   }
 
-  handlePosition(req: { epoch: number; shard: number }): PositionAnswer {
+  handlePosition(req: { epoch: number; shard: number; from?: string }): PositionAnswer {
     this.checkEpoch(req.epoch);
+    this.heardFrom(req.from);
     const m = this.store.shardMeta(req.shard);
     return { ...this.copyState(req.shard), history: m.history, firstLogSeq: m.firstLogSeq };
   }

@@ -263,6 +263,14 @@ export class FollowerLink {
     this.kick();
   }
 
+  /** The peer just called us, so it is up again: re-check it now instead of on the schedule. */
+  recheckNow(): void {
+    if (!this.down || this.running || this.closed) return;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    void this.probeAfterDown();
+  }
+
   /** The shard is no longer led here or no longer followed by this peer. */
   forget(shard: number) {
     this.progress.delete(shard);
