@@ -1,7 +1,16 @@
 // The public API (contract §3) against three real agents: seed 001's operation table, written at
 // the pivot and at a follower, and the seed edge cases. Every check compares content.
 import { describe, expect } from '@jest/globals';
-import { errorCode, mapLimit, type Cluster, type StoredObject } from './harness.ts';
+import {
+  errorCode,
+  foldWatch,
+  mapLimit,
+  waitFor,
+  type Cluster,
+  type StoredObject,
+  type Watch,
+  type WatchMessage,
+} from './harness.ts';
 import { useCluster } from './use-cluster.ts';
 
 const MiB = 1024 * 1024;
@@ -399,6 +408,143 @@ describe('public API on a 3-agent cluster (4 shards, rf 3, majority)', () => {
     const winner = replies.find((r) => r.body.version === first.version);
     expect(winner?.body.data).toEqual(first.data);
     await c.waitConverged(['contended']);
+  });
+
+  /** Waits until what the watcher folded from its messages equals `expected` (key → data). */
+  async function waitWatchState(w: Watch, expected: Record<string, unknown>, what: string) {
+    const want = JSON.stringify(Object.entries(expected).sort());
+    const seen = () => JSON.stringify([...foldWatch(w.messages)].map(([k, [data]]) => [k, data]).sort());
+    await waitFor(() => seen() === want, {
+      timeoutMs: 10_000,
+      message: () => `${what}: watcher state ${seen()} to become ${want}`,
+    });
+  }
+
+  test('watch: a snapshot first, then one message per change, at the pivot and at a follower', async (c) => {
+    const coll = 'watched';
+    const shard = c.shardOf(coll);
+    const pivot = c.pivotOf(shard);
+    const follower = c.followersOf(shard)[0]!;
+    const a = await c.client('agent-0').put(`${coll}/a`, { n: 1 });
+    const b = await c.client('agent-1').put(`${coll}/b`, { n: 2 });
+    expect([a.status, b.status]).toEqual([200, 200]);
+
+    const watches = [pivot, follower].map((name) => ({ name, w: c.client(name).watch(`${coll}/*`) }));
+    try {
+      for (const { w } of watches) await w.opened;
+      // At the pivot the snapshot already holds every acknowledged write.
+      const [atPivot] = await watches[0]!.w.waitForMessages(1);
+      expect(atPivot).toEqual({
+        type: 'snapshot',
+        version: expect.any(String),
+        data: [
+          { ...a.body, data: { n: 1 } },
+          { ...b.body, data: { n: 2 } },
+        ],
+      });
+      for (const { name, w } of watches)
+        await waitWatchState(w, { [`${coll}/a`]: { n: 1 }, [`${coll}/b`]: { n: 2 } }, `snapshot at ${name}`);
+
+      const changes = [
+        await c.client('agent-2').put(`${coll}/c`, 'three'),
+        await c.client('agent-1').put(`${coll}/a`, { n: 10 }),
+        await c.client('agent-0').delete(`${coll}/b`),
+        await c.client(follower).push(coll, 'pushed'),
+      ];
+      expect(changes.map((r) => r.status)).toEqual([200, 200, 204, 201]);
+      const pushed = changes[3]!.body as StoredObject;
+      const expected = { [`${coll}/a`]: { n: 10 }, [`${coll}/c`]: 'three', [pushed.key]: 'pushed' };
+      for (const { name, w } of watches) await waitWatchState(w, expected, `changes at ${name}`);
+
+      // One message per change, in write order, carrying the written versions.
+      const afterSnapshot = watches[0]!.w.messages.slice(1) as WatchMessage[];
+      expect(
+        afterSnapshot.map((m) =>
+          m.type === 'set'
+            ? ['set', m.object.key, m.object.version]
+            : m.type === 'delete'
+              ? ['delete', m.key]
+              : [m.type],
+        ),
+      ).toEqual([
+        ['set', `${coll}/c`, (changes[0]!.body as StoredObject).version],
+        ['set', `${coll}/a`, (changes[1]!.body as StoredObject).version],
+        ['delete', `${coll}/b`],
+        ['set', pushed.key, pushed.version],
+      ]);
+    } finally {
+      for (const { w } of watches) w.close();
+    }
+
+    // A single key: snapshot of nothing, then its set and delete; other keys are not reported.
+    const single = c.client(follower).watch('watched-single');
+    try {
+      await single.opened;
+      await single.waitForMessages(1);
+      expect(single.messages[0]).toMatchObject({ type: 'snapshot', data: null });
+      expect((await c.client(pivot).put('watched-single-other', 1)).status).toBe(200);
+      expect((await c.client(pivot).put('watched-single', { on: true })).status).toBe(200);
+      expect((await c.client('agent-2').delete('watched-single')).status).toBe(204);
+      await single.waitForMessages(3);
+      expect(single.messages.slice(1)).toEqual([
+        {
+          type: 'set',
+          version: expect.any(String),
+          object: expect.objectContaining({ key: 'watched-single', data: { on: true } }),
+        },
+        { type: 'delete', version: expect.any(String), key: 'watched-single' },
+      ]);
+    } finally {
+      single.close();
+    }
+  });
+
+  test('watch: resuming from the last version seen after a disconnect misses nothing', async (c) => {
+    const coll = 'resumed';
+    const follower = c.followersOf(c.shardOf(coll))[0]!;
+    const first = c.client(follower).watch(`${coll}/*`);
+    let lastVersion: string;
+    let stateAtClose: Map<string, [unknown, string]>;
+    try {
+      await first.opened;
+      expect((await c.client('agent-0').put(`${coll}/r1`, 1)).status).toBe(200);
+      await waitWatchState(first, { [`${coll}/r1`]: 1 }, 'before the disconnect');
+      lastVersion = (first.messages[first.messages.length - 1] as { version: string }).version;
+      stateAtClose = foldWatch(first.messages);
+    } finally {
+      first.close();
+    }
+
+    // Changes made while nobody watches, through every agent.
+    const missed = [
+      await c.client('agent-1').put(`${coll}/r2`, 2),
+      await c.client('agent-2').put(`${coll}/r3`, 3),
+      await c.client('agent-0').delete(`${coll}/r1`),
+    ];
+    expect(missed.map((r) => r.status)).toEqual([200, 200, 204]);
+
+    const resumed = c.client(follower).watch(`${coll}/*`, { query: { since: lastVersion } });
+    try {
+      await resumed.opened;
+      const want = JSON.stringify([
+        [`${coll}/r2`, 2],
+        [`${coll}/r3`, 3],
+      ]);
+      const seen = () =>
+        JSON.stringify([...foldWatch(resumed.messages, stateAtClose)].map(([k, [d]]) => [k, d]).sort());
+      await waitFor(() => seen() === want, {
+        timeoutMs: 10_000,
+        message: () =>
+          `resumed watcher state ${seen()} to become ${want} (messages ${JSON.stringify(resumed.messages)})`,
+      });
+      // Replayed as changes (the log reaches back), not as a fresh snapshot.
+      expect(resumed.messages.map((m) => (m as WatchMessage).type)).toEqual(['set', 'set', 'delete']);
+      expect(
+        (resumed.messages as WatchMessage[]).flatMap((m) => (m.type === 'set' ? [m.object.version] : [])),
+      ).toEqual([(missed[0]!.body as StoredObject).version, (missed[1]!.body as StoredObject).version]);
+    } finally {
+      resumed.close();
+    }
   });
 
   test('bad input never took an agent down', async (c) => {

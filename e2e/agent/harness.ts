@@ -114,7 +114,16 @@ export function keyPath(key: string): string {
 }
 
 // One connection pool per client process; short keep-alive so killed agents' sockets go quickly.
-const dispatcher = new Agent({ keepAliveTimeout: 1000, connections: 64 });
+// Created on first use and closed by closeConnections() so jest can exit without waiting.
+let dispatcher: Agent | null = null;
+const pool = () => (dispatcher ??= new Agent({ keepAliveTimeout: 1000, connections: 64 }));
+
+/** Closes the pooled keep-alive connections; the next request opens new ones. */
+export async function closeConnections(): Promise<void> {
+  const d = dispatcher;
+  dispatcher = null;
+  await d?.close();
+}
 
 export class PivotClient {
   readonly baseUrl: string;
@@ -145,7 +154,7 @@ export class PivotClient {
       method,
       headers,
       body,
-      dispatcher,
+      dispatcher: pool(),
       headersTimeout: this.timeoutMs,
       bodyTimeout: this.timeoutMs,
     });
@@ -220,6 +229,34 @@ function query(params: Record<string, string | number | undefined>): string {
   const entries = Object.entries(params).filter(([, v]) => v !== undefined) as [string, string | number][];
   if (entries.length === 0) return '';
   return '?' + new URLSearchParams(entries.map(([k, v]): [string, string] => [k, String(v)])).toString();
+}
+
+/** Watch messages (the agent's format): a snapshot first, then one message per change. */
+export type WatchMessage =
+  | { type: 'snapshot'; version: string; reset?: boolean; data: StoredObject | StoredObject[] | null }
+  | { type: 'set'; version: string; object: StoredObject }
+  | { type: 'delete'; version: string; key: string }
+  | { type: 'error'; error: { code: string; message: string } };
+
+/**
+ * The state a watcher holds after applying `messages` to `start`: key → [data, version].
+ * A snapshot replaces everything; set and delete change one key.
+ */
+export function foldWatch(
+  messages: readonly unknown[],
+  start: ReadonlyMap<string, [unknown, string]> = new Map(),
+): Map<string, [unknown, string]> {
+  const state = new Map(start);
+  for (const m of messages as WatchMessage[]) {
+    if (m.type === 'snapshot') {
+      state.clear();
+      const objects = m.data === null ? [] : Array.isArray(m.data) ? m.data : [m.data];
+      for (const o of objects) state.set(o.key, [o.data, o.version]);
+    } else if (m.type === 'set') state.set(m.object.key, [m.object.data, m.object.version]);
+    else if (m.type === 'delete') state.delete(m.key);
+    else throw new Error(`unexpected watch message ${JSON.stringify(m)}`);
+  }
+  return state;
 }
 
 /** A WebSocket watch that buffers every message it receives. */
@@ -451,6 +488,7 @@ export class Cluster {
     try {
       for (const name of cluster.names()) cluster.spawn(name);
       await Promise.all(cluster.names().map((name) => cluster.waitReady(name)));
+      await cluster.waitWritable();
     } catch (error) {
       await cluster.teardown({ keepFiles: true });
       throw annotate(error, cluster);
@@ -548,6 +586,35 @@ export class Cluster {
       if (!a.child) throw new Error(`${name} exited before becoming ready`);
       throw error;
     });
+  }
+
+  /**
+   * Waits until every shard acknowledges a write: ready agents may still be establishing their
+   * pivots or backing off from peers that started after them (503 meanwhile). One probe key per
+   * shard is written through its pivot and deleted again.
+   */
+  async waitWritable(timeoutMs = this.readyTimeoutMs): Promise<void> {
+    await Promise.all(
+      this.map.assignments.map(async ({ shard }) => {
+        const key = this.keyOnShard(shard, 'harness-probe');
+        const client = this.client(this.pivotOf(shard), { timeoutMs: 5000 });
+        let last = '';
+        await waitFor(
+          async () => {
+            const r = await client.put(key, 'probe');
+            last = `${r.status} ${r.text}`;
+            return r.status === 200;
+          },
+          {
+            timeoutMs,
+            intervalMs: 100,
+            message: () => `a write to shard ${shard} to succeed (last: ${last})`,
+          },
+        );
+        const d = await client.delete(key);
+        if (d.status !== 204) throw new Error(`deleting probe ${key} answered ${d.status}: ${d.text}`);
+      }),
+    );
   }
 
   /** Waits until the agent answers HTTP at all (any status). */

@@ -1,6 +1,6 @@
 // Jest wiring for the harness (kept apart so bench/ can import harness.ts outside jest).
 import { afterAll, beforeAll, it } from '@jest/globals';
-import { annotate, Cluster, type ClusterOptions } from './harness.ts';
+import { annotate, closeConnections, Cluster, type ClusterOptions } from './harness.ts';
 
 /**
  * Starts a cluster in beforeAll and tears it down in afterAll (every process SIGKILLed, even when
@@ -13,6 +13,7 @@ export function useCluster(options: ClusterOptions = {}, startTimeoutMs = 60_000
   }, startTimeoutMs);
   afterAll(async () => {
     await cluster?.teardown();
+    await closeConnections();
   }, 30_000);
   const get = (): Cluster => {
     if (!cluster) throw new Error('cluster did not start (see the beforeAll failure)');
