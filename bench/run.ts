@@ -37,10 +37,19 @@ interface System {
   get(origin: string, key: string): Request;
   /** A read served from the receiving copy (`?consistency=local`, etcd `serializable`). */
   getLocal(origin: string, key: string): Request;
-  pids(): number[];
+  /** The system's processes now (a killed member is absent until restarted). */
+  processes(): { name: string; pid: number }[];
   /** Kill -9 one copy, write `n` keys, restart it, and time until it has applied them all. */
   catchUp?(n: number): Promise<{ writeOpsPerSec: number; seconds: number }>;
   stop(): Promise<void>;
+}
+
+interface RssSummary {
+  start: number;
+  peak: number;
+  end: number;
+  /** Peak RSS per process name. */
+  peaks: Map<string, number>;
 }
 
 interface Row {
@@ -50,8 +59,8 @@ interface Row {
   halfLoad: LoadResult;
   catchUp?: { writeOpsPerSec: number; seconds: number };
   soak?: LoadResult;
-  rssMiB: { start: number; peak: number; end: number };
-  soakRssMiB: { start: number; peak: number; end: number };
+  rssMiB: RssSummary;
+  soakRssMiB: RssSummary;
   /** 1-minute load average of the machine when the measurement started and ended. */
   load: [number, number];
 }
@@ -65,17 +74,26 @@ function rssMiB(pid: number): number {
   }
 }
 
-/** Samples the largest per-process RSS of the system once a second. */
+/** Samples the largest per-process RSS of the system once a second, and each process's peak. */
 function rssSampler(system: System) {
   const samples: number[] = [];
-  const sample = () => samples.push(Math.max(0, ...system.pids().map(rssMiB)));
+  const peaks = new Map<string, number>();
+  const sample = () => {
+    let largest = 0;
+    for (const { name, pid } of system.processes()) {
+      const mib = rssMiB(pid);
+      largest = Math.max(largest, mib);
+      peaks.set(name, Math.max(peaks.get(name) ?? 0, mib));
+    }
+    samples.push(largest);
+  };
   sample();
   const timer = setInterval(sample, 1000);
   return {
     stop: () => {
       clearInterval(timer);
       sample();
-      return { start: samples[0]!, peak: Math.max(...samples), end: samples[samples.length - 1]! };
+      return { start: samples[0]!, peak: Math.max(...samples), end: samples[samples.length - 1]!, peaks };
     },
   };
 }
@@ -109,7 +127,8 @@ async function pivotSystem(replicationFactor: number): Promise<System> {
       path: `/v1/data/${key}?consistency=local`,
       headers: auth,
     }),
-    pids: () => cluster.names().flatMap((n) => cluster.pid(n) ?? []),
+    processes: () =>
+      cluster.names().flatMap((name) => (cluster.pid(name) ? [{ name, pid: cluster.pid(name)! }] : [])),
     catchUp:
       replicationFactor === 3
         ? async (n) => {
@@ -168,7 +187,7 @@ async function etcdSystem(members: number): Promise<System> {
     put: (origin, key) => etcdPut(origin, key, VALUE),
     get: (origin, key) => etcdRange(origin, key),
     getLocal: (origin, key) => etcdRange(origin, key, true),
-    pids: () => etcd.pids,
+    processes: () => etcd.pids.map((pid, i) => ({ name: `etcd-${i}`, pid })),
     catchUp:
       members === 3
         ? async (n) => {
@@ -335,6 +354,8 @@ async function main() {
       (x) => x?.firstError,
     )?.firstError;
     if (errors) console.log(`first error for ${r.label}: ${errors}`);
+    const peaks = [...r.row.rssMiB.peaks].map(([name, mib]) => `${name} ${mib.toFixed(0)}`).join(', ');
+    console.log(`peak RSS MiB per process, ${r.label}: ${peaks}`);
   }
 }
 
