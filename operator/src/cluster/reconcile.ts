@@ -99,6 +99,8 @@ export class PivotClusterReconciler {
   private readonly written = new Map<string, { replacedVersion: string; cluster: PivotCluster }>();
   private readonly tokens = new Map<string, string>();
   private readonly applied = new Map<string, string>();
+  /** When this process first saw each pod (by UID) not ready. */
+  private readonly firstSeenNotReady = new Map<string, number>();
 
   constructor(deps: ReconcilerDeps) {
     this.d = deps;
@@ -284,6 +286,7 @@ export class PivotClusterReconciler {
         const podName = pod.metadata!.name!;
         const readyCondition = pod.status?.conditions?.find((c) => c.type === 'Ready');
         const podReady = readyCondition?.status === 'True';
+        if (podReady) this.firstSeenNotReady.delete(pod.metadata!.uid!);
         const ip = pod.status?.podIP;
         const nodeName = pod.spec?.nodeName;
         let status = ip ? await this.d.agents.status(agentUrl(ip), token, policy) : null;
@@ -304,7 +307,7 @@ export class PivotClusterReconciler {
             name: podName,
             ordinal: ordinalOf(name, podName)!,
             podReady,
-            notReadySince: podReady ? null : sinceText ? new Date(sinceText).getTime() : this.now(),
+            notReadySince: podReady ? null : this.notReadySince(pod, sinceText),
             deleting: !!pod.metadata?.deletionTimestamp,
             ip,
             node: nodeName,
@@ -316,6 +319,19 @@ export class PivotClusterReconciler {
       }),
     );
     return new Map(entries);
+  }
+
+  /**
+   * When a pod became not ready. lastTransitionTime has whole-second precision, so the transition
+   * happened within the second after it; while watching, our own first sighting is closer.
+   */
+  private notReadySince(pod: V1Pod, transitionText: Date | string | undefined): number {
+    const uid = pod.metadata!.uid!;
+    const now = this.now();
+    if (!this.firstSeenNotReady.has(uid)) this.firstSeenNotReady.set(uid, now);
+    if (transitionText === undefined) return this.firstSeenNotReady.get(uid)!;
+    const transition = new Date(transitionText).getTime();
+    return Math.max(transition, Math.min(this.firstSeenNotReady.get(uid)!, transition + 999));
   }
 
   private async writeStatus(key: string, cluster: PivotCluster, status: PivotClusterStatus): Promise<void> {
