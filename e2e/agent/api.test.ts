@@ -195,7 +195,18 @@ describe('public API on a 3-agent cluster (4 shards, rf 3, majority)', () => {
 
   test('`/` and `*` inside a segment, empty segments and control characters are refused with 400', async (c) => {
     const client = c.client('agent-0');
-    const bad = ['a%2Fb', 'star%2Aseg', 'a*b', 'a//b', 'trailing/', 'ctl%01char', 'a/*/b'];
+    // Includes bytes that are not UTF-8 (%FF) and a lone surrogate (%ED%A0%80).
+    const bad = [
+      'a%2Fb',
+      'star%2Aseg',
+      'a*b',
+      'a//b',
+      'trailing/',
+      'ctl%01char',
+      'a/*/b',
+      '%FF',
+      'x/%ED%A0%80',
+    ];
     for (const path of bad) {
       const r = await client.raw('PUT', `/v1/data/${path}`, { body: '{"v":1}' });
       expect({ path, status: r.status }).toEqual({ path, status: 400 });
