@@ -259,8 +259,11 @@ export function dataRoutes(agent: Agent) {
         if (rt.role !== 'pivot') return forward(req, reply, shard, rt.pivot);
         agent.writable(shard);
         await agent.confirmLeadership(shard);
-      } else if (rt.role === 'none' || rt.state !== 'serving') {
-        return forward(req, reply, shard, rt.pivot);
+      } else if (rt.role === 'none') {
+        return forward(req, reply, shard, rt.pivot); // no copy here
+      } else if (rt.state === 'wiping' || !agent.store.shardMeta(shard).complete) {
+        // Local means this copy; a half-copied one would answer with holes.
+        throw unavailable(`this agent's copy of shard ${shard} is being copied afresh`);
       }
       if (parsed.kind === 'single') {
         const r = agent.store.get(shard, parsed.collection ?? '', parsed.index);
