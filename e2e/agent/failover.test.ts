@@ -174,10 +174,26 @@ describe('failover by map change (3 agents, 4 shards, rf 3, majority)', () => {
     const key = `${c.keyOnShard(shard, 'fenced')}/k`;
     expect((await c.client(stale).put(key, 'before')).status).toBe(200);
 
+    expect((await c.client(stale).put(`${key}-read`, 'old')).status).toBe(200);
+
+    // Frozen while the others move on, it wakes up still believing it is the pivot.
     const next = c.promoteMap(shard, newPivot);
-    const pushed = await c.pushMap(next, { to: others });
-    for (const [name, r] of pushed) expect({ name, status: r.status }).toEqual({ name, status: 200 });
-    await writeWhenServing(c, newPivot, `${key}-probe`, 'new epoch is serving');
+    c.pause(stale);
+    try {
+      const pushed = await c.pushMap(next, { to: others });
+      for (const [name, r] of pushed) expect({ name, status: r.status }).toEqual({ name, status: 200 });
+      await writeWhenServing(c, newPivot, `${key}-read`, 'new');
+    } finally {
+      c.resume(stale);
+    }
+    // A strong read there must not return what the new pivot already replaced.
+    const staleRead = await c.client(stale, { timeoutMs: 10_000 }).get(`${key}-read`);
+    expect({
+      status: staleRead.status,
+      data: staleRead.status === 200 ? staleRead.body.data : 'refused',
+    }).toEqual(
+      staleRead.status === 200 ? { status: 200, data: 'new' } : { status: staleRead.status, data: 'refused' },
+    );
 
     const attempt = await c.client(stale, { timeoutMs: 10_000 }).put(key, 'from the stale pivot');
     expect(attempt.status >= 200 && attempt.status < 300 ? attempt.text : 'refused').toBe('refused');
@@ -192,9 +208,50 @@ describe('failover by map change (3 agents, 4 shards, rf 3, majority)', () => {
     // Once it learns the new map, it too holds the new pivot's value.
     const caught = await c.pushMap(next, { to: [stale] });
     expect(caught.get(stale)!.status).toBe(200);
-    const content = await c.waitConverged([key]);
+    const content = await c.waitConverged([key, `${key}-read`]);
     expect(content.get(key)?.data).toBe('before');
+    expect(content.get(`${key}-read`)?.data).toBe('new');
     for (const name of c.names()) expect((await c.client(name).get(key)).body.data).toBe('before');
+  }, 60_000);
+
+  test('promoting the least caught-up follower still keeps every majority-acknowledged write', async (c) => {
+    const shard = c.shardWhere('agent-0', 'pivot')!;
+    const pivot = c.pivotOf(shard);
+    const [ahead, behind] = c.followersOf(shard) as [string, string];
+    const coll = c.keyOnShard(shard, 'laggard');
+    // `behind` is frozen, so these are acknowledged by the pivot and `ahead` only.
+    c.pause(behind);
+    let acked: WriteOutcome[];
+    try {
+      acked = await c.writeAll(
+        Array.from({ length: 100 }, (_, i) => ({ key: `${coll}/${i}`, data: { i }, via: pivot })),
+      );
+    } finally {
+      c.resume(behind);
+    }
+    expect(acked.filter((o) => o.status !== 200).slice(0, 5)).toEqual([]);
+    await c.kill9(pivot);
+
+    const seqOf = async (name: string) =>
+      (await c.status(name)).shards.find((s) => s.shard === shard)!.position.seq;
+    // The scenario holds: the one promoted lacks writes that were acknowledged.
+    expect((await seqOf(behind)) < (await seqOf(ahead))).toBe(true);
+    const pushed = await c.pushMap(c.promoteMap(shard, behind));
+    for (const [name, r] of pushed) expect({ name, status: r.status }).toEqual({ name, status: 200 });
+    await writeWhenServing(c, ahead, `${coll}/after`, 'after');
+
+    const atNewPivot = await c.client(behind).listAll(`${coll}/*`, { consistency: 'local' });
+    const byKey = (a: [string, unknown], b: [string, unknown]) => a[0].localeCompare(b[0]);
+    expect(atNewPivot.map((o): [string, unknown] => [o.key, o.data]).sort(byKey)).toEqual(
+      [
+        ...acked.map((o): [string, unknown] => [o.key, o.data]),
+        [`${coll}/after`, 'after'] as [string, unknown],
+      ].sort(byKey),
+    );
+    await c.restart(pivot);
+    const content = await c.waitConverged([`${coll}/*`]);
+    expectAcknowledgedPresent(content, acked);
+    expect(content.size).toBe(101);
   }, 60_000);
 });
 

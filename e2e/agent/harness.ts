@@ -638,6 +638,22 @@ export class Cluster {
     await a.exited;
   }
 
+  /**
+   * SIGSTOP: the process freezes (a long GC pause or a partition as its peers see it) but keeps its
+   * sockets; `resume` (SIGCONT) lets it run on with whatever it believed before.
+   */
+  pause(name: string): void {
+    const a = this.agent(name);
+    if (!a.child) throw new Error(`${name} is not running`);
+    a.child.kill('SIGSTOP');
+  }
+
+  resume(name: string): void {
+    const a = this.agent(name);
+    if (!a.child) throw new Error(`${name} is not running`);
+    a.child.kill('SIGCONT');
+  }
+
   /** SIGTERM, then wait for a graceful exit; returns the exit code. */
   async stop(name: string, timeoutMs = 10_000): Promise<number | null> {
     const a = this.agent(name);
