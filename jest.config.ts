@@ -23,6 +23,9 @@ const config: Config = {
       displayName: 'cluster',
       testMatch: ['<rootDir>/e2e/cluster/**/*.test.ts', '<rootDir>/operator/test/**/*.test.ts'],
       testPathIgnorePatterns: ['\\.unit\\.test\\.ts$'],
+      // One real local cluster (hack/local-cluster) per run; tests find it via KUBECONFIG / PIVOT_CLUSTER_STATE.
+      globalSetup: '<rootDir>/e2e/cluster/global-setup.ts',
+      globalTeardown: '<rootDir>/e2e/cluster/global-teardown.ts',
     },
   ],
 };

@@ -32,7 +32,19 @@ export function apiClient(server: string, certs: ClusterCerts, bearerToken?: str
       return new Promise<T>((resolve, reject) => {
         const req = request(
           server + path,
-          { method, agent, timeout: 15_000, headers: { ...auth, ...(payload ? { 'content-type': contentType } : {}) } },
+          {
+            method,
+            agent,
+            timeout: 15_000,
+            // An explicit length: Node sends DELETE bodies neither chunked nor sized by default, which
+            // would leave the body on the keep-alive connection as a garbage next request.
+            headers: {
+              ...auth,
+              ...(payload
+                ? { 'content-type': contentType, 'content-length': Buffer.byteLength(payload) }
+                : {}),
+            },
+          },
           (res) => {
             let text = '';
             res.setEncoding('utf8');
@@ -40,7 +52,8 @@ export function apiClient(server: string, certs: ClusterCerts, bearerToken?: str
             res.on('end', () => {
               const status = res.statusCode ?? 0;
               const json = (res.headers['content-type'] ?? '').includes('json');
-              if (status >= 200 && status < 300) resolve((json && text ? JSON.parse(text) : text || undefined) as T);
+              if (status >= 200 && status < 300)
+                resolve((json && text ? JSON.parse(text) : text || undefined) as T);
               else reject(new ApiError(status, `${method} ${path}: ${status} ${text.slice(0, 300)}`));
             });
           },

@@ -46,8 +46,21 @@ async function signedCert(
   await run('openssl', ['req', '-new', ...EC, '-keyout', key, '-out', csr, '-subj', subject]);
   await writeFile(ext, extensions);
   await run('openssl', [
-    'x509', '-req', '-in', csr, '-CA', c.caCert, '-CAkey', c.caKey, '-CAcreateserial',
-    '-days', DAYS, '-out', cert, '-extfile', ext,
+    'x509',
+    '-req',
+    '-in',
+    csr,
+    '-CA',
+    c.caCert,
+    '-CAkey',
+    c.caKey,
+    '-CAcreateserial',
+    '-days',
+    DAYS,
+    '-out',
+    cert,
+    '-extfile',
+    ext,
   ]);
   return { cert, key };
 }
@@ -57,20 +70,62 @@ export async function generateCerts(dir: string, apiserverIPs: string[]): Promis
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const c = certPaths(dir);
   await run('openssl', [
-    'req', '-x509', ...EC, '-keyout', c.caKey, '-out', c.caCert, '-days', DAYS, '-subj', '/CN=pivot-local-cluster-ca',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
+    'req',
+    '-x509',
+    ...EC,
+    '-keyout',
+    c.caKey,
+    '-out',
+    c.caCert,
+    '-days',
+    DAYS,
+    '-subj',
+    '/CN=pivot-local-cluster-ca',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
   ]);
-  const dnsNames = ['localhost', 'kubernetes', 'kubernetes.default', 'kubernetes.default.svc', 'kubernetes.default.svc.cluster.local'];
+  const dnsNames = [
+    'localhost',
+    'kubernetes',
+    'kubernetes.default',
+    'kubernetes.default.svc',
+    'kubernetes.default.svc.cluster.local',
+  ];
   const san = [...apiserverIPs.map((ip) => `IP:${ip}`), ...dnsNames.map((d) => `DNS:${d}`)].join(',');
-  await signedCert(c, 'apiserver', '/CN=kube-apiserver', `subjectAltName=${san}\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n`);
-  await signedCert(c, 'admin', '/O=system:masters/CN=pivot-admin', 'extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n');
-  await run('openssl', ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048', '-out', c.serviceAccountKey]);
+  await signedCert(
+    c,
+    'apiserver',
+    '/CN=kube-apiserver',
+    `subjectAltName=${san}\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n`,
+  );
+  await signedCert(
+    c,
+    'admin',
+    '/O=system:masters/CN=pivot-admin',
+    'extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n',
+  );
+  await run('openssl', [
+    'genpkey',
+    '-algorithm',
+    'RSA',
+    '-pkeyopt',
+    'rsa_keygen_bits:2048',
+    '-out',
+    c.serviceAccountKey,
+  ]);
   await run('openssl', ['pkey', '-in', c.serviceAccountKey, '-pubout', '-out', c.serviceAccountPub]);
   return c;
 }
 
 /** A self-contained admin kubeconfig (certificates embedded), usable by kubectl, Helm and client-node. */
-export async function writeKubeconfig(path: string, c: ClusterCerts, server: string, clusterName: string): Promise<void> {
+export async function writeKubeconfig(
+  path: string,
+  c: ClusterCerts,
+  server: string,
+  clusterName: string,
+): Promise<void> {
   const b64 = async (p: string) => (await readFile(p)).toString('base64');
   const yaml = `apiVersion: v1
 kind: Config

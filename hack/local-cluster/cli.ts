@@ -22,8 +22,11 @@ if (command === 'up') {
     process.stdout.write(`cluster ${name}: not running\n`);
     process.exitCode = 1;
   } else {
-    process.stdout.write(`cluster ${name}: ${state.ready ? 'ready' : 'starting'} at ${state.apiServerUrl}\nexport KUBECONFIG=${state.kubeconfigPath}\n`);
-    for (const p of state.processes) process.stdout.write(`  ${p.role.padEnd(24)} pid ${p.pid} ${isAlive(p.pid) ? 'running' : 'DEAD'}\n`);
+    process.stdout.write(
+      `cluster ${name}: ${state.ready ? 'ready' : 'starting'} at ${state.apiServerUrl}\nexport KUBECONFIG=${state.kubeconfigPath}\n`,
+    );
+    for (const p of state.processes)
+      process.stdout.write(`  ${p.role.padEnd(24)} pid ${p.pid} ${isAlive(p.pid) ? 'running' : 'DEAD'}\n`);
   }
 } else {
   process.stderr.write('usage: cli.ts up|down|status [--name NAME] [--nodes N]\n');

@@ -10,7 +10,15 @@ import { join } from 'node:path';
 import { generateCerts, writeKubeconfig } from './certs.ts';
 import { defaultImages, projectNode, REPO_ROOT, type ImageMap } from './images.ts';
 import { apiClient } from './api.ts';
-import { clusterNetwork, createBridge, deleteLink, deleteNetns, listNetns, netnsPrefix, subnetsInUse } from './netns.ts';
+import {
+  clusterNetwork,
+  createBridge,
+  deleteLink,
+  deleteNetns,
+  listNetns,
+  netnsPrefix,
+  subnetsInUse,
+} from './netns.ts';
 import { run, waitFor } from './run.ts';
 
 export const API_SERVER_PORT = 6443;
@@ -103,14 +111,18 @@ export async function controlPlaneBinDir(build: boolean): Promise<string> {
         let out = '';
         child.stdout.on('data', (d: Buffer) => (out += d));
         child.on('error', reject);
-        child.on('exit', (code) => (code === 0 ? resolve(out.trim()) : reject(new Error(`${script} failed (exit ${code})`))));
+        child.on('exit', (code) =>
+          code === 0 ? resolve(out.trim()) : reject(new Error(`${script} failed (exit ${code})`)),
+        );
       })
     : (await run('bash', [script, '--print-dir'])).trim();
   const missing = ['etcd', 'kube-apiserver', 'kube-controller-manager', 'kube-scheduler'].filter(
     (b) => !existsSync(join(dir, b)),
   );
   if (missing.length) {
-    throw new Error(`control-plane binaries missing in ${dir}: ${missing.join(', ')} — run 'npm run k8s:build' first`);
+    throw new Error(
+      `control-plane binaries missing in ${dir}: ${missing.join(', ')} — run 'npm run k8s:build' first`,
+    );
   }
   return dir;
 }
@@ -166,14 +178,19 @@ export async function startLocalCluster(opts: LocalClusterOptions = {}): Promise
   const name = opts.name ?? 'pivot';
   const log = opts.log ?? ((line: string) => process.stderr.write(`[local-cluster ${name}] ${line}\n`));
   const nodeCount = opts.nodes ?? 3;
-  if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(name)) throw new Error(`cluster name "${name}" must be a DNS label`);
-  if (!Number.isInteger(nodeCount) || nodeCount < 1) throw new Error(`nodes must be a positive integer, got ${opts.nodes}`);
+  if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(name))
+    throw new Error(`cluster name "${name}" must be a DNS label`);
+  if (!Number.isInteger(nodeCount) || nodeCount < 1)
+    throw new Error(`nodes must be a positive integer, got ${opts.nodes}`);
   if (await readState(name)) {
     log('removing the previous cluster of this name');
     await downCluster(name, log);
   }
   const binDir = await controlPlaneBinDir(opts.build ?? false);
-  const kubernetesVersion = (await run(join(binDir, 'kube-apiserver'), ['--version'])).trim().split(' ').pop()!;
+  const kubernetesVersion = (await run(join(binDir, 'kube-apiserver'), ['--version']))
+    .trim()
+    .split(' ')
+    .pop()!;
   const dir = join(clustersRoot(), name);
   await mkdir(join(dir, 'logs'), { recursive: true });
 
@@ -288,10 +305,9 @@ export async function startLocalCluster(opts: LocalClusterOptions = {}): Promise
       logOf('kubelet'),
       `${nodeCount} Ready nodes`,
       async () => {
-        const nodes = await api.call<{ items: { status?: { conditions?: { type: string; status: string }[] } }[] }>(
-          'GET',
-          '/api/v1/nodes',
-        );
+        const nodes = await api.call<{
+          items: { status?: { conditions?: { type: string; status: string }[] } }[];
+        }>('GET', '/api/v1/nodes');
         const ready = nodes.items.filter((n) =>
           n.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True'),
         );
@@ -375,13 +391,19 @@ async function killRecorded(p: RecordedProcess): Promise<void> {
   } catch {
     return;
   }
-  await waitFor(`${p.role} (pid ${p.pid}) to exit`, () => (isAlive(p.pid) ? undefined : true), 10_000, 50).catch(
-    () => undefined,
-  );
+  await waitFor(
+    `${p.role} (pid ${p.pid}) to exit`,
+    () => (isAlive(p.pid) ? undefined : true),
+    10_000,
+    50,
+  ).catch(() => undefined);
 }
 
 /** Removes everything a cluster started: processes, pod namespaces, the bridge and its directory. */
-export async function downCluster(name: string, log: (line: string) => void = () => undefined): Promise<void> {
+export async function downCluster(
+  name: string,
+  log: (line: string) => void = () => undefined,
+): Promise<void> {
   const state = await readState(name);
   if (!state) return;
   // The kubelet stand-in goes first so it restarts nothing while its pods are being removed.
@@ -396,7 +418,9 @@ export async function downCluster(name: string, log: (line: string) => void = ()
 }
 
 /** Stops clusters whose owner process died (a crashed or killed test run left them behind). */
-export async function sweepAbandonedClusters(log: (line: string) => void = () => undefined): Promise<string[]> {
+export async function sweepAbandonedClusters(
+  log: (line: string) => void = () => undefined,
+): Promise<string[]> {
   const names = await readdir(clustersRoot()).catch(() => [] as string[]);
   const swept: string[] = [];
   for (const name of names) {

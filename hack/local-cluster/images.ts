@@ -25,7 +25,10 @@ export type ImageMap = Record<string, ImageCommand>;
 
 export function defaultImages(): ImageMap {
   const node = projectNode();
-  const entry = (file: string): ImageCommand => ({ entrypoint: [node, join(REPO_ROOT, file)], workingDir: REPO_ROOT });
+  const entry = (file: string): ImageCommand => ({
+    entrypoint: [node, join(REPO_ROOT, file)],
+    workingDir: REPO_ROOT,
+  });
   return {
     'pivot/node-agent': entry('node-agent/src/main.ts'),
     'pivot/operator': entry('operator/src/main.ts'),
@@ -50,10 +53,14 @@ export function resolveCommand(
   command: string[] | undefined,
   args: string[] | undefined,
 ): ResolvedCommand {
-  const mapped = images[imageRepository(image)] ?? images[imageRepository(image).replace(/^docker\.io\/(library\/)?/, '')];
+  const mapped =
+    images[imageRepository(image)] ?? images[imageRepository(image).replace(/^docker\.io\/(library\/)?/, '')];
   if (!mapped) {
     const known = Object.keys(images).sort().join(', ');
-    return { ok: false, message: `image "${image}" has no local command in the local cluster's image map (known: ${known})` };
+    return {
+      ok: false,
+      message: `image "${image}" has no local command in the local cluster's image map (known: ${known})`,
+    };
   }
   const argv = [...(command?.length ? command : mapped.entrypoint), ...(args ?? mapped.args ?? [])];
   return { ok: true, argv, cwd: mapped.workingDir ?? REPO_ROOT };

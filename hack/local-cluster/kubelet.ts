@@ -9,12 +9,27 @@ import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { connect } from 'node:net';
 import { join } from 'node:path';
-import { CoreV1Api, KubeConfig, makeInformer, type V1Container, type V1PersistentVolumeClaim, type V1Pod, type V1Probe } from '@kubernetes/client-node';
+import {
+  CoreV1Api,
+  KubeConfig,
+  makeInformer,
+  type V1Container,
+  type V1PersistentVolumeClaim,
+  type V1Pod,
+  type V1Probe,
+} from '@kubernetes/client-node';
 import { apiClient, ApiError, apiTime, microTime } from './api.ts';
 import { certPaths } from './certs.ts';
 import type { ClusterState } from './cluster.ts';
 import { resolveCommand } from './images.ts';
-import { clusterNetwork, createPodNetns, deleteNetns, netnsPids, podNetwork, type PodNetwork } from './netns.ts';
+import {
+  clusterNetwork,
+  createPodNetns,
+  deleteNetns,
+  netnsPids,
+  podNetwork,
+  type PodNetwork,
+} from './netns.ts';
 
 const state = JSON.parse(await readFile(process.argv[2], 'utf8')) as ClusterState;
 const net = clusterNetwork(state.subnet);
@@ -39,28 +54,64 @@ function nodeStatus() {
     allocatable: resources,
     addresses: [{ type: 'InternalIP', address: net.gateway }],
     conditions: [
-      { type: 'Ready', status: 'True', reason: 'KubeletReady', message: 'pivot kubelet stand-in is posting ready status', lastHeartbeatTime: now, lastTransitionTime: now },
+      {
+        type: 'Ready',
+        status: 'True',
+        reason: 'KubeletReady',
+        message: 'pivot kubelet stand-in is posting ready status',
+        lastHeartbeatTime: now,
+        lastTransitionTime: now,
+      },
       ...['MemoryPressure', 'DiskPressure', 'PIDPressure'].map((type) => ({
-        type, status: 'False', reason: `KubeletHasNo${type}`, message: 'ok', lastHeartbeatTime: now, lastTransitionTime: now,
+        type,
+        status: 'False',
+        reason: `KubeletHasNo${type}`,
+        message: 'ok',
+        lastHeartbeatTime: now,
+        lastTransitionTime: now,
       })),
     ],
     nodeInfo: {
-      kubeletVersion: state.kubernetesVersion, kubeProxyVersion: '', operatingSystem: 'linux', architecture: 'amd64',
-      containerRuntimeVersion: 'pivot-local://processes', kernelVersion: '', osImage: 'local processes',
-      machineID: '', systemUUID: '', bootID: '',
+      kubeletVersion: state.kubernetesVersion,
+      kubeProxyVersion: '',
+      operatingSystem: 'linux',
+      architecture: 'amd64',
+      containerRuntimeVersion: 'pivot-local://processes',
+      kernelVersion: '',
+      osImage: 'local processes',
+      machineID: '',
+      systemUUID: '',
+      bootID: '',
     },
     daemonEndpoints: { kubeletEndpoint: { Port: 0 } },
   };
 }
 
 async function registerNode(name: string): Promise<void> {
-  const labels = { 'kubernetes.io/hostname': name, 'kubernetes.io/os': 'linux', 'kubernetes.io/arch': 'amd64', 'pivot.dev/local-cluster': state.name };
-  await api.call('POST', '/api/v1/nodes', { apiVersion: 'v1', kind: 'Node', metadata: { name, labels }, spec: {} }).catch((err) => {
-    if (!is409(err)) throw err;
-  });
-  await api.call('PATCH', `/api/v1/nodes/${name}/status`, { status: nodeStatus() }, 'application/strategic-merge-patch+json');
+  const labels = {
+    'kubernetes.io/hostname': name,
+    'kubernetes.io/os': 'linux',
+    'kubernetes.io/arch': 'amd64',
+    'pivot.dev/local-cluster': state.name,
+  };
+  await api
+    .call('POST', '/api/v1/nodes', { apiVersion: 'v1', kind: 'Node', metadata: { name, labels }, spec: {} })
+    .catch((err) => {
+      if (!is409(err)) throw err;
+    });
+  await api.call(
+    'PATCH',
+    `/api/v1/nodes/${name}/status`,
+    { status: nodeStatus() },
+    'application/strategic-merge-patch+json',
+  );
   // Admission taints new Nodes not-ready; the node-lifecycle controller (left out on purpose) would lift it.
-  await api.call('PATCH', `/api/v1/nodes/${name}`, { spec: { taints: null } }, 'application/merge-patch+json');
+  await api.call(
+    'PATCH',
+    `/api/v1/nodes/${name}`,
+    { spec: { taints: null } },
+    'application/merge-patch+json',
+  );
 }
 
 async function renewLease(name: string): Promise<void> {
@@ -71,7 +122,10 @@ async function renewLease(name: string): Promise<void> {
   } catch (err) {
     if (!is404(err)) throw err;
     await api.call('POST', '/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases', {
-      apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name }, spec,
+      apiVersion: 'coordination.k8s.io/v1',
+      kind: 'Lease',
+      metadata: { name },
+      spec,
     });
   }
 }
@@ -81,7 +135,13 @@ async function heartbeatLoop(): Promise<void> {
     for (const name of myNodes) {
       try {
         await renewLease(name);
-        if (tick % 4 === 3) await api.call('PATCH', `/api/v1/nodes/${name}/status`, { status: nodeStatus() }, 'application/strategic-merge-patch+json');
+        if (tick % 4 === 3)
+          await api.call(
+            'PATCH',
+            `/api/v1/nodes/${name}/status`,
+            { status: nodeStatus() },
+            'application/strategic-merge-patch+json',
+          );
       } catch (err) {
         log(`heartbeat for ${name} failed: ${(err as Error).message}`);
       }
@@ -94,24 +154,31 @@ async function heartbeatLoop(): Promise<void> {
 
 async function provisionVolume(pvc: V1PersistentVolumeClaim): Promise<void> {
   const { uid, name, namespace } = pvc.metadata ?? {};
-  if (!uid || pvc.spec?.volumeName || pvc.metadata?.deletionTimestamp || pvc.status?.phase !== 'Pending') return;
+  if (!uid || pvc.spec?.volumeName || pvc.metadata?.deletionTimestamp || pvc.status?.phase !== 'Pending')
+    return;
   const dir = join(state.dir, 'volumes', `pvc-${uid}`);
   await mkdir(dir, { recursive: true });
-  await api.call('POST', '/api/v1/persistentvolumes', {
-    apiVersion: 'v1', kind: 'PersistentVolume',
-    metadata: { name: `pvc-${uid}`, labels: { 'pivot.dev/local-cluster': state.name } },
-    spec: {
-      capacity: { storage: pvc.spec?.resources?.requests?.storage ?? '1Gi' },
-      accessModes: pvc.spec?.accessModes ?? ['ReadWriteOnce'],
-      volumeMode: pvc.spec?.volumeMode ?? 'Filesystem',
-      storageClassName: pvc.spec?.storageClassName ?? '',
-      persistentVolumeReclaimPolicy: 'Retain', // we delete it ourselves when the claim goes
-      hostPath: { path: dir, type: 'DirectoryOrCreate' },
-      claimRef: { apiVersion: 'v1', kind: 'PersistentVolumeClaim', namespace, name, uid },
-    },
-  }).then(() => log(`bound PV pvc-${uid} (${dir}) to claim ${namespace}/${name}`), (err) => {
-    if (!is409(err)) throw err;
-  });
+  await api
+    .call('POST', '/api/v1/persistentvolumes', {
+      apiVersion: 'v1',
+      kind: 'PersistentVolume',
+      metadata: { name: `pvc-${uid}`, labels: { 'pivot.dev/local-cluster': state.name } },
+      spec: {
+        capacity: { storage: pvc.spec?.resources?.requests?.storage ?? '1Gi' },
+        accessModes: pvc.spec?.accessModes ?? ['ReadWriteOnce'],
+        volumeMode: pvc.spec?.volumeMode ?? 'Filesystem',
+        storageClassName: pvc.spec?.storageClassName ?? '',
+        persistentVolumeReclaimPolicy: 'Retain', // we delete it ourselves when the claim goes
+        hostPath: { path: dir, type: 'DirectoryOrCreate' },
+        claimRef: { apiVersion: 'v1', kind: 'PersistentVolumeClaim', namespace, name, uid },
+      },
+    })
+    .then(
+      () => log(`bound PV pvc-${uid} (${dir}) to claim ${namespace}/${name}`),
+      (err) => {
+        if (!is409(err)) throw err;
+      },
+    );
 }
 
 async function releaseVolume(pvc: V1PersistentVolumeClaim): Promise<void> {
@@ -166,11 +233,20 @@ function expand(text: string, vars: Record<string, string>): string {
   );
 }
 
-async function readKey(kind: 'configmaps' | 'secrets', ns: string, name: string): Promise<Record<string, string>> {
-  const obj = await api.call<{ data?: Record<string, string> }>('GET', `/api/v1/namespaces/${ns}/${kind}/${name}`);
+async function readKey(
+  kind: 'configmaps' | 'secrets',
+  ns: string,
+  name: string,
+): Promise<Record<string, string>> {
+  const obj = await api.call<{ data?: Record<string, string> }>(
+    'GET',
+    `/api/v1/namespaces/${ns}/${kind}/${name}`,
+  );
   const data = obj.data ?? {};
   if (kind === 'configmaps') return data;
-  return Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v, 'base64').toString('utf8')]));
+  return Object.fromEntries(
+    Object.entries(data).map(([k, v]) => [k, Buffer.from(v, 'base64').toString('utf8')]),
+  );
 }
 
 async function containerEnv(pod: V1Pod, c: V1Container, ip: string): Promise<Record<string, string>> {
@@ -203,10 +279,12 @@ async function containerEnv(pod: V1Pod, c: V1Container, ip: string): Promise<Rec
       env[e.name] = String(limits?.[res] ?? (res === 'cpu' ? '16' : '68719476736'));
     } else {
       const ref = vf.configMapKeyRef ?? vf.secretKeyRef!;
-      const data = await readKey(vf.configMapKeyRef ? 'configmaps' : 'secrets', ns, ref.name!).catch((err) => {
-        if (ref.optional && is404(err)) return {} as Record<string, string>;
-        throw err;
-      });
+      const data = await readKey(vf.configMapKeyRef ? 'configmaps' : 'secrets', ns, ref.name!).catch(
+        (err) => {
+          if (ref.optional && is404(err)) return {} as Record<string, string>;
+          throw err;
+        },
+      );
       if (ref.key in data) env[e.name] = data[ref.key];
       else if (!ref.optional) throw new Error(`env ${e.name}: key "${ref.key}" not found in ${ref.name}`);
     }
@@ -228,6 +306,7 @@ class PodWorker {
   startTime?: string;
   terminating = false;
   gone = false;
+  cleanedUp = false;
   queue: Promise<void> = Promise.resolve();
   lastStatusJson = '';
   setupError?: string;
@@ -257,22 +336,34 @@ class PodWorker {
     await createPodNetns(net, this.network);
     this.startTime = apiTime();
     this.containers = (this.pod.spec?.containers ?? []).map((spec) => ({
-      spec, restartCount: 0, ready: false, started: false, state: { waiting: { reason: 'ContainerCreating' } },
-      lastState: {}, timers: [], everStarted: false,
+      spec,
+      restartCount: 0,
+      ready: false,
+      started: false,
+      state: { waiting: { reason: 'ContainerCreating' } },
+      lastState: {},
+      timers: [],
+      everStarted: false,
     }));
     try {
       const volumes = await this.prepareVolumes();
       for (const c of this.containers) {
-        this.mountsByContainer.set(c.spec.name, (c.spec.volumeMounts ?? []).flatMap((vm) => {
-          const source = volumes.get(vm.name);
-          return source ? [{ source: vm.subPath ? join(source, vm.subPath) : source, target: vm.mountPath }] : [];
-        }));
+        this.mountsByContainer.set(
+          c.spec.name,
+          (c.spec.volumeMounts ?? []).flatMap((vm) => {
+            const source = volumes.get(vm.name);
+            return source
+              ? [{ source: vm.subPath ? join(source, vm.subPath) : source, target: vm.mountPath }]
+              : [];
+          }),
+        );
         this.envByContainer.set(c.spec.name, await containerEnv(this.pod, c.spec, this.network.ip));
       }
     } catch (err) {
       this.setupError = (err as Error).message;
       log(`${this.key}: setup failed: ${this.setupError}`);
-      for (const c of this.containers) c.state = { waiting: { reason: 'CreateContainerConfigError', message: this.setupError } };
+      for (const c of this.containers)
+        c.state = { waiting: { reason: 'CreateContainerConfigError', message: this.setupError } };
       await this.pushStatus();
       return;
     }
@@ -287,9 +378,15 @@ class PodWorker {
       const local = join(this.dir, 'volumes', v.name);
       if (v.persistentVolumeClaim) {
         const claim = v.persistentVolumeClaim.claimName;
-        const pvc = await api.call<V1PersistentVolumeClaim>('GET', `/api/v1/namespaces/${ns}/persistentvolumeclaims/${claim}`);
+        const pvc = await api.call<V1PersistentVolumeClaim>(
+          'GET',
+          `/api/v1/namespaces/${ns}/persistentvolumeclaims/${claim}`,
+        );
         if (!pvc.spec?.volumeName) throw new Error(`claim ${claim} is not bound`);
-        const pv = await api.call<{ spec: { hostPath?: { path: string } } }>('GET', `/api/v1/persistentvolumes/${pvc.spec.volumeName}`);
+        const pv = await api.call<{ spec: { hostPath?: { path: string } } }>(
+          'GET',
+          `/api/v1/persistentvolumes/${pvc.spec.volumeName}`,
+        );
         if (!pv.spec.hostPath) throw new Error(`volume ${pvc.spec.volumeName} is not a hostPath volume`);
         await mkdir(pv.spec.hostPath.path, { recursive: true });
         dirs.set(v.name, pv.spec.hostPath.path);
@@ -307,12 +404,20 @@ class PodWorker {
         };
         if (v.configMap) items(await readKey('configmaps', ns, v.configMap.name!), v.configMap.items);
         if (v.secret) items(await readKey('secrets', ns, v.secret.secretName!), v.secret.items);
-        for (const item of v.downwardAPI?.items ?? []) if (item.fieldRef) files[item.path] = fieldValue(this.pod, item.fieldRef.fieldPath, this.network!.ip);
+        for (const item of v.downwardAPI?.items ?? [])
+          if (item.fieldRef)
+            files[item.path] = fieldValue(this.pod, item.fieldRef.fieldPath, this.network!.ip);
         for (const src of v.projected?.sources ?? []) {
-          if (src.serviceAccountToken) files[src.serviceAccountToken.path] = await this.token(src.serviceAccountToken.audience, src.serviceAccountToken.expirationSeconds);
+          if (src.serviceAccountToken)
+            files[src.serviceAccountToken.path] = await this.token(
+              src.serviceAccountToken.audience,
+              src.serviceAccountToken.expirationSeconds,
+            );
           if (src.configMap) items(await readKey('configmaps', ns, src.configMap.name!), src.configMap.items);
           if (src.secret) items(await readKey('secrets', ns, src.secret.name!), src.secret.items);
-          for (const item of src.downwardAPI?.items ?? []) if (item.fieldRef) files[item.path] = fieldValue(this.pod, item.fieldRef.fieldPath, this.network!.ip);
+          for (const item of src.downwardAPI?.items ?? [])
+            if (item.fieldRef)
+              files[item.path] = fieldValue(this.pod, item.fieldRef.fieldPath, this.network!.ip);
         }
         for (const [path, content] of Object.entries(files)) {
           await mkdir(join(local, path, '..'), { recursive: true });
@@ -327,14 +432,19 @@ class PodWorker {
   async token(audience?: string, expirationSeconds?: number): Promise<string> {
     const ns = this.pod.metadata!.namespace!;
     const sa = this.pod.spec?.serviceAccountName ?? 'default';
-    const res = await api.call<{ status: { token: string } }>('POST', `/api/v1/namespaces/${ns}/serviceaccounts/${sa}/token`, {
-      apiVersion: 'authentication.k8s.io/v1', kind: 'TokenRequest',
-      spec: {
-        audiences: audience ? [audience] : [],
-        expirationSeconds: expirationSeconds ?? 3607,
-        boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: this.pod.metadata!.name, uid: this.uid },
+    const res = await api.call<{ status: { token: string } }>(
+      'POST',
+      `/api/v1/namespaces/${ns}/serviceaccounts/${sa}/token`,
+      {
+        apiVersion: 'authentication.k8s.io/v1',
+        kind: 'TokenRequest',
+        spec: {
+          audiences: audience ? [audience] : [],
+          expirationSeconds: expirationSeconds ?? 3607,
+          boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: this.pod.metadata!.name, uid: this.uid },
+        },
       },
-    });
+    );
     return res.status.token;
   }
 
@@ -343,7 +453,9 @@ class PodWorker {
     const resolved = resolveCommand(state.images, c.spec.image ?? '', c.spec.command, c.spec.args);
     if (!resolved.ok) {
       // Nothing to pull here: report it the way the kubelet does, once, and never hang.
-      c.state = { waiting: { reason: c.everStarted ? 'ImagePullBackOff' : 'ErrImagePull', message: resolved.message } };
+      c.state = {
+        waiting: { reason: c.everStarted ? 'ImagePullBackOff' : 'ErrImagePull', message: resolved.message },
+      };
       log(`${this.key}/${c.spec.name}: ${resolved.message}`);
       return;
     }
@@ -352,13 +464,32 @@ class PodWorker {
     const mounts = this.mountsByContainer.get(c.spec.name) ?? [];
     // Inside the pod's network namespace: own UTS namespace (hostname = pod name) and bind mounts of
     // the pod's volumes at their mountPaths (ip netns exec already gives a private mount namespace).
-    const script = 'hostname "$1"; n=$2; shift 2; while [ "$n" -gt 0 ]; do mkdir -p "$2" && mount --bind "$1" "$2" || exit 97; shift 2; n=$((n-1)); done; exec "$@"';
-    const args = ['netns', 'exec', this.network!.netns, 'unshare', '--uts', 'sh', '-c', script, 'sh', env.HOSTNAME, String(mounts.length),
-      ...mounts.flatMap((m) => [m.source, m.target]), ...argv];
+    const script =
+      'hostname "$1"; n=$2; shift 2; while [ "$n" -gt 0 ]; do mkdir -p "$2" && mount --bind "$1" "$2" || exit 97; shift 2; n=$((n-1)); done; exec "$@"';
+    const args = [
+      'netns',
+      'exec',
+      this.network!.netns,
+      'unshare',
+      '--uts',
+      'sh',
+      '-c',
+      script,
+      'sh',
+      env.HOSTNAME,
+      String(mounts.length),
+      ...mounts.flatMap((m) => [m.source, m.target]),
+      ...argv,
+    ];
     const logPath = join(this.dir, `${c.spec.name}.log`);
     void open(logPath, 'a').then((fh) => {
       if (this.terminating) return fh.close();
-      const child = spawn('ip', args, { detached: true, env, cwd: c.spec.workingDir ?? resolved.cwd, stdio: ['ignore', fh.fd, fh.fd] });
+      const child = spawn('ip', args, {
+        detached: true,
+        env,
+        cwd: c.spec.workingDir ?? resolved.cwd,
+        stdio: ['ignore', fh.fd, fh.fd],
+      });
       void fh.close();
       c.child = child;
       c.everStarted = true;
@@ -373,7 +504,12 @@ class PodWorker {
     });
   }
 
-  async onExit(c: ContainerRun, child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
+  async onExit(
+    c: ContainerRun,
+    child: ChildProcess,
+    code: number | null,
+    signal: NodeJS.Signals | null,
+  ): Promise<void> {
     if (c.child !== child) return;
     for (const t of c.timers) clearTimeout(t);
     c.timers = [];
@@ -382,8 +518,11 @@ class PodWorker {
     c.started = false;
     const exitCode = code ?? 128 + (signal ? signalNumber(signal) : 0);
     const terminated = {
-      exitCode, reason: exitCode === 0 ? 'Completed' : 'Error', ...(signal ? { signal: signalNumber(signal) } : {}),
-      startedAt: (c.state.running as { startedAt?: string } | undefined)?.startedAt, finishedAt: apiTime(),
+      exitCode,
+      reason: exitCode === 0 ? 'Completed' : 'Error',
+      ...(signal ? { signal: signalNumber(signal) } : {}),
+      startedAt: (c.state.running as { startedAt?: string } | undefined)?.startedAt,
+      finishedAt: apiTime(),
     };
     log(`${this.key}/${c.spec.name}: exited code=${code} signal=${signal}`);
     const policy = this.pod.spec?.restartPolicy ?? 'Always';
@@ -396,7 +535,12 @@ class PodWorker {
     c.lastState = { terminated };
     c.restartCount++;
     const backoffMs = Math.min(1000 * 2 ** (c.restartCount - 1), 20_000);
-    c.state = { waiting: { reason: 'CrashLoopBackOff', message: `back-off ${backoffMs / 1000}s restarting failed container=${c.spec.name} pod=${this.pod.metadata?.name}` } };
+    c.state = {
+      waiting: {
+        reason: 'CrashLoopBackOff',
+        message: `back-off ${backoffMs / 1000}s restarting failed container=${c.spec.name} pod=${this.pod.metadata?.name}`,
+      },
+    };
     await this.pushStatus();
     c.timers.push(setTimeout(() => this.startContainer(c), backoffMs));
   }
@@ -428,23 +572,49 @@ class PodWorker {
     const startup = c.spec.startupProbe;
     const kill = (why: string) => {
       log(`${this.key}/${c.spec.name}: ${why}, restarting`);
-      void this.stopContainer(c, (liveness?.terminationGracePeriodSeconds ?? this.pod.spec?.terminationGracePeriodSeconds ?? 30) * 1000);
+      void this.stopContainer(
+        c,
+        (liveness?.terminationGracePeriodSeconds ?? this.pod.spec?.terminationGracePeriodSeconds ?? 30) *
+          1000,
+      );
     };
     const afterStartup = () => {
       if (readiness) {
-        schedule(readiness, threshold(readiness, () => this.setReady(c, true), () => this.setReady(c, false)));
+        schedule(
+          readiness,
+          threshold(
+            readiness,
+            () => this.setReady(c, true),
+            () => this.setReady(c, false),
+          ),
+        );
       }
-      if (liveness) schedule(liveness, threshold(liveness, () => {}, () => kill('liveness probe failed')));
+      if (liveness)
+        schedule(
+          liveness,
+          threshold(
+            liveness,
+            () => {},
+            () => kill('liveness probe failed'),
+          ),
+        );
     };
     if (!startup) return afterStartup();
     let done = false;
-    schedule(startup, threshold(startup, () => {
-      if (done) return;
-      done = true;
-      afterStartup();
-    }, () => {
-      if (!done) kill('startup probe failed');
-    }));
+    schedule(
+      startup,
+      threshold(
+        startup,
+        () => {
+          if (done) return;
+          done = true;
+          afterStartup();
+        },
+        () => {
+          if (!done) kill('startup probe failed');
+        },
+      ),
+    );
   }
 
   setReady(c: ContainerRun, ready: boolean): void {
@@ -463,8 +633,14 @@ class PodWorker {
       const req = g.scheme === 'HTTPS' ? httpsRequest : httpRequest;
       return new Promise<boolean>((resolve) => {
         const r = req(
-          { host: g.host ?? ip, port: port(g.port), path: g.path ?? '/', timeout: timeoutMs, rejectUnauthorized: false,
-            headers: Object.fromEntries((g.httpHeaders ?? []).map((h) => [h.name, h.value])) },
+          {
+            host: g.host ?? ip,
+            port: port(g.port),
+            path: g.path ?? '/',
+            timeout: timeoutMs,
+            rejectUnauthorized: false,
+            headers: Object.fromEntries((g.httpHeaders ?? []).map((h) => [h.name, h.value])),
+          },
           (res) => {
             res.resume();
             resolve((res.statusCode ?? 0) >= 200 && (res.statusCode ?? 0) < 400);
@@ -489,7 +665,10 @@ class PodWorker {
     if (probe.exec?.command?.length) {
       const cmd = probe.exec.command;
       return new Promise<boolean>((resolve) => {
-        const p = spawn('ip', ['netns', 'exec', this.network!.netns, ...cmd], { stdio: 'ignore', timeout: timeoutMs });
+        const p = spawn('ip', ['netns', 'exec', this.network!.netns, ...cmd], {
+          stdio: 'ignore',
+          timeout: timeoutMs,
+        });
         p.on('exit', (code) => resolve(code === 0));
         p.on('error', () => resolve(false));
       });
@@ -512,23 +691,33 @@ class PodWorker {
   async terminate(deleteFromApi: boolean): Promise<void> {
     if (this.terminating) return;
     this.terminating = true;
-    const graceSeconds = this.pod.metadata?.deletionGracePeriodSeconds ?? this.pod.spec?.terminationGracePeriodSeconds ?? 30;
+    const graceSeconds =
+      this.pod.metadata?.deletionGracePeriodSeconds ?? this.pod.spec?.terminationGracePeriodSeconds ?? 30;
     log(`${this.key}: terminating (grace ${graceSeconds}s)`);
     for (const c of this.containers) for (const t of c.timers) clearTimeout(t);
     await Promise.all(this.containers.map((c) => this.stopContainer(c, graceSeconds * 1000)));
     if (this.network) await deleteNetns(this.network.netns);
     if (deleteFromApi) {
       const ns = this.pod.metadata!.namespace!;
-      await api.call('DELETE', `/api/v1/namespaces/${ns}/pods/${this.pod.metadata!.name}`, {
-        apiVersion: 'v1', kind: 'DeleteOptions', gracePeriodSeconds: 0, preconditions: { uid: this.uid },
-      }).catch((err) => {
-        if (!is404(err) && !is409(err)) throw err;
-      });
+      await api
+        .call('DELETE', `/api/v1/namespaces/${ns}/pods/${this.pod.metadata!.name}`, {
+          apiVersion: 'v1',
+          kind: 'DeleteOptions',
+          gracePeriodSeconds: 0,
+          preconditions: { uid: this.uid },
+        })
+        .catch((err) => {
+          if (!is404(err) && !is409(err)) throw err;
+        });
     }
     await this.cleanup();
   }
 
   async cleanup(): Promise<void> {
+    // Runs once: a second run (our own final delete plus the watch's DELETED event) would remove
+    // the namespace of a new pod that has meanwhile been given the same address.
+    if (this.cleanedUp) return;
+    this.cleanedUp = true;
     if (this.network) await deleteNetns(this.network.netns);
     releaseHost(this.uid);
     await rm(this.dir, { recursive: true, force: true });
@@ -549,7 +738,9 @@ class PodWorker {
     const states = this.containers.map((c) => c.state);
     if (this.setupError || this.containers.some((c) => !c.everStarted)) return 'Pending';
     if (policy !== 'Always' && states.every((s) => s.terminated)) {
-      return states.every((s) => (s.terminated as { exitCode: number }).exitCode === 0) ? 'Succeeded' : 'Failed';
+      return states.every((s) => (s.terminated as { exitCode: number }).exitCode === 0)
+        ? 'Succeeded'
+        : 'Failed';
     }
     return 'Running';
   }
@@ -571,17 +762,27 @@ class PodWorker {
         this.condition('Ready', allReady, allReady ? undefined : 'ContainersNotReady'),
       ],
       containerStatuses: this.containers.map((c) => ({
-        name: c.spec.name, image: c.spec.image, imageID: `pivot-local://${c.spec.image}`,
+        name: c.spec.name,
+        image: c.spec.image,
+        imageID: `pivot-local://${c.spec.image}`,
         containerID: c.child?.pid ? `process://${c.child.pid}` : undefined,
-        ready: c.ready, started: c.started, restartCount: c.restartCount, state: c.state, lastState: c.lastState,
+        ready: c.ready,
+        started: c.started,
+        restartCount: c.restartCount,
+        state: c.state,
+        lastState: c.lastState,
       })),
     };
     const json = JSON.stringify(status);
     if (json === this.lastStatusJson) return;
     const ns = this.pod.metadata!.namespace!;
     try {
-      await api.call('PATCH', `/api/v1/namespaces/${ns}/pods/${this.pod.metadata!.name}/status`,
-        { metadata: { uid: this.uid }, status }, 'application/strategic-merge-patch+json');
+      await api.call(
+        'PATCH',
+        `/api/v1/namespaces/${ns}/pods/${this.pod.metadata!.name}/status`,
+        { metadata: { uid: this.uid }, status },
+        'application/strategic-merge-patch+json',
+      );
       this.lastStatusJson = json;
     } catch (err) {
       if (is404(err) || is409(err)) return; // pod gone or replaced (uid precondition)
@@ -591,7 +792,14 @@ class PodWorker {
 }
 
 function signalNumber(signal: NodeJS.Signals): number {
-  return ({ SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGTERM: 15, SIGABRT: 6, SIGSEGV: 11 } as Record<string, number>)[signal] ?? 0;
+  return (
+    (
+      { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGTERM: 15, SIGABRT: 6, SIGSEGV: 11 } as Record<
+        string,
+        number
+      >
+    )[signal] ?? 0
+  );
 }
 
 // Host indexes 2..254 of the cluster /24, one per pod (kept across container restarts).
@@ -636,9 +844,15 @@ function onPodDeleted(pod: V1Pod): void {
   w.enqueue(() => w.cleanup());
 }
 
-function watch<T extends { metadata?: { name?: string } }>(path: string, list: () => Promise<{ items: T[] }>, handlers: {
-  add: (o: T) => void; update: (o: T) => void; delete: (o: T) => void;
-}): void {
+function watch<T extends { metadata?: { name?: string } }>(
+  path: string,
+  list: () => Promise<{ items: T[] }>,
+  handlers: {
+    add: (o: T) => void;
+    update: (o: T) => void;
+    delete: (o: T) => void;
+  },
+): void {
   const informer = makeInformer(kc, path, list as never);
   informer.on('add', handlers.add as never);
   informer.on('update', handlers.update as never);
@@ -654,21 +868,33 @@ async function main(): Promise<void> {
   for (const name of myNodes) await registerNode(name);
   log(`registered nodes ${[...myNodes].join(', ')}`);
   void heartbeatLoop();
-  const provision = (pvc: V1PersistentVolumeClaim) => void provisionVolume(pvc).catch((err) => log(`provision ${pvc.metadata?.name}: ${err.message}`));
-  watch<V1PersistentVolumeClaim>('/api/v1/persistentvolumeclaims', () => core.listPersistentVolumeClaimForAllNamespaces(), {
-    add: provision,
-    update: provision,
-    delete: (pvc) => void releaseVolume(pvc).catch((err) => log(`release ${pvc.metadata?.name}: ${err.message}`)),
+  const provision = (pvc: V1PersistentVolumeClaim) =>
+    void provisionVolume(pvc).catch((err) => log(`provision ${pvc.metadata?.name}: ${err.message}`));
+  watch<V1PersistentVolumeClaim>(
+    '/api/v1/persistentvolumeclaims',
+    () => core.listPersistentVolumeClaimForAllNamespaces(),
+    {
+      add: provision,
+      update: provision,
+      delete: (pvc) =>
+        void releaseVolume(pvc).catch((err) => log(`release ${pvc.metadata?.name}: ${err.message}`)),
+    },
+  );
+  watch<V1Pod>('/api/v1/pods', () => core.listPodForAllNamespaces(), {
+    add: onPod,
+    update: onPod,
+    delete: onPodDeleted,
   });
-  watch<V1Pod>('/api/v1/pods', () => core.listPodForAllNamespaces(), { add: onPod, update: onPod, delete: onPodDeleted });
 }
 
 async function shutdown(): Promise<void> {
   log('shutting down: killing pod processes');
-  await Promise.all([...workers.values()].map(async (w) => {
-    if (w.network) for (const pid of await netnsPids(w.network.netns)) process.kill(pid, 'SIGKILL');
-    if (w.network) await deleteNetns(w.network.netns);
-  }));
+  await Promise.all(
+    [...workers.values()].map(async (w) => {
+      if (w.network) for (const pid of await netnsPids(w.network.netns)) process.kill(pid, 'SIGKILL');
+      if (w.network) await deleteNetns(w.network.netns);
+    }),
+  );
   process.exit(0);
 }
 process.on('SIGTERM', () => void shutdown());

@@ -11,7 +11,8 @@ export interface ClusterNetwork {
 }
 
 export function clusterNetwork(subnet: number): ClusterNetwork {
-  if (!Number.isInteger(subnet) || subnet < 1 || subnet > 254) throw new Error(`subnet ${subnet} out of 1..254`);
+  if (!Number.isInteger(subnet) || subnet < 1 || subnet > 254)
+    throw new Error(`subnet ${subnet} out of 1..254`);
   return { subnet, bridge: `pvb${subnet}`, gateway: `10.244.${subnet}.1` };
 }
 
@@ -23,8 +24,13 @@ export interface PodNetwork {
 
 /** Names for host index 2..254 of a cluster's subnet (interface names must stay under 16 chars). */
 export function podNetwork(net: ClusterNetwork, host: number): PodNetwork {
-  if (!Number.isInteger(host) || host < 2 || host > 254) throw new Error(`pod host index ${host} out of 2..254`);
-  return { netns: netnsPrefix(net) + host, hostVeth: `pvh${net.subnet}x${host}`, ip: `10.244.${net.subnet}.${host}` };
+  if (!Number.isInteger(host) || host < 2 || host > 254)
+    throw new Error(`pod host index ${host} out of 2..254`);
+  return {
+    netns: netnsPrefix(net) + host,
+    hostVeth: `pvh${net.subnet}x${host}`,
+    ip: `10.244.${net.subnet}.${host}`,
+  };
 }
 
 export function netnsPrefix(net: ClusterNetwork): string {

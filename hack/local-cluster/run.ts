@@ -1,12 +1,21 @@
 import { execFile } from 'node:child_process';
 
 /** Runs a command to completion; rejects with its stderr so failures say what went wrong. */
-export function run(cmd: string, args: string[], opts: { input?: string; cwd?: string } = {}): Promise<string> {
+export function run(
+  cmd: string,
+  args: string[],
+  opts: { input?: string; cwd?: string } = {},
+): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = execFile(cmd, args, { cwd: opts.cwd, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`${cmd} ${args.join(' ')} failed: ${stderr.trim() || err.message}`));
-      else resolve(stdout);
-    });
+    const child = execFile(
+      cmd,
+      args,
+      { cwd: opts.cwd, maxBuffer: 16 * 1024 * 1024 },
+      (err, stdout, stderr) => {
+        if (err) reject(new Error(`${cmd} ${args.join(' ')} failed: ${stderr.trim() || err.message}`));
+        else resolve(stdout);
+      },
+    );
     if (opts.input !== undefined) child.stdin?.end(opts.input);
   });
 }

@@ -17,7 +17,12 @@ const server = createServer(async (req, res) => {
   try {
     if (req.url === '/healthz') return send(res, 200, { ok: true });
     if (req.url === '/info') {
-      return send(res, 200, { pid: process.pid, podName: process.env.POD_NAME, podIP: process.env.POD_IP, argv: process.argv.slice(2) });
+      return send(res, 200, {
+        pid: process.pid,
+        podName: process.env.POD_NAME,
+        podIP: process.env.POD_IP,
+        argv: process.argv.slice(2),
+      });
     }
     if (req.url === '/data' && req.method === 'GET') {
       const value = await readFile(dataFile, 'utf8').catch(() => null);
