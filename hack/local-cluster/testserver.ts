@@ -1,6 +1,6 @@
 // The `pivot/testserver` image: a tiny HTTP server for the local-cluster tests. It serves
-// /healthz, reports who it is, and reads/writes one file in its data directory (a PVC mount).
-import { createServer } from 'node:http';
+// /healthz, reports who it is and its environment, and reads/writes one file in its data directory (a PVC mount).
+import { createServer, type ServerResponse } from 'node:http';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
@@ -8,7 +8,7 @@ const port = Number(process.env.PORT ?? 8080);
 const dataDir = process.env.DATA_DIR ?? '/data';
 const dataFile = join(dataDir, 'value.txt');
 
-function send(res: import('node:http').ServerResponse, status: number, body: unknown): void {
+function send(res: ServerResponse, status: number, body: unknown): void {
   res.writeHead(status, { 'content-type': 'application/json' });
   res.end(JSON.stringify(body));
 }
@@ -23,6 +23,10 @@ const server = createServer(async (req, res) => {
         podIP: process.env.POD_IP,
         argv: process.argv.slice(2),
       });
+    }
+    if (req.url?.startsWith('/env/')) {
+      const name = decodeURIComponent(req.url.slice('/env/'.length));
+      return send(res, 200, { name, value: process.env[name] ?? null });
     }
     if (req.url === '/data' && req.method === 'GET') {
       const value = await readFile(dataFile, 'utf8').catch(() => null);
