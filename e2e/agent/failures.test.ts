@@ -17,6 +17,66 @@ function expectAcknowledgedPresent(
   expect(lost.slice(0, 10)).toEqual([]);
 }
 
+/**
+ * Six writers that keep writing and overwriting keys of `collections` through whichever agents
+ * run, until stopped. Each writer owns its keys and writes each in sequence, so for every key the
+ * last acknowledged write (or a later unacknowledged one) is what must survive.
+ */
+function startWriters(c: Cluster, collections: readonly string[], keysPerWriter = 40) {
+  const outcomes: WriteOutcome[] = [];
+  let stopped = false;
+  let acked = 0;
+  const writer = async (w: number) => {
+    for (let i = 0; !stopped; i++) {
+      const running = c.running();
+      const slot = i % keysPerWriter;
+      const write = {
+        key: `${collections[slot % collections.length]}/w${w}-${slot}`,
+        data: { w, i },
+        via: running[(i + w) % running.length]!,
+      };
+      const [o] = await c.writeAll([write], 1);
+      outcomes.push(o!);
+      if (o!.status === 200) acked++;
+      else await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+  const writers = Array.from({ length: 6 }, (_, w) => writer(w));
+  return {
+    outcomes,
+    acked: () => acked,
+    waitAcked: (more: number, message: string) => {
+      const target = acked + more;
+      return waitFor(() => acked >= target, { timeoutMs: 15_000, message });
+    },
+    stop: async () => {
+      stopped = true;
+      await Promise.all(writers);
+    },
+  };
+}
+
+/**
+ * Every key holds its last acknowledged value or a later unacknowledged attempt; keys never
+ * acknowledged are absent or hold one of their attempts; nothing else exists.
+ */
+function expectSurvivors(content: Map<string, { data: unknown }>, outcomes: readonly WriteOutcome[]): void {
+  const attempts = new Map<string, WriteOutcome[]>();
+  for (const o of outcomes) attempts.set(o.key, [...(attempts.get(o.key) ?? []), o]);
+  const wrong: string[] = [];
+  for (const [key, tries] of attempts) {
+    const lastAck = tries.findLastIndex((o) => o.status === 200);
+    const allowed = tries.slice(Math.max(lastAck, 0)).map((o) => JSON.stringify(o.data));
+    const now = content.get(key);
+    if (!now) {
+      if (lastAck >= 0) wrong.push(`${key}: lost (last acknowledged ${allowed[0]})`);
+    } else if (!allowed.includes(JSON.stringify(now.data)))
+      wrong.push(`${key}: holds ${JSON.stringify(now.data)}, allowed ${allowed.join(' | ')}`);
+  }
+  for (const key of content.keys()) if (!attempts.has(key)) wrong.push(`${key}: never written`);
+  expect(wrong.slice(0, 10)).toEqual([]);
+}
+
 const collectionsOf = (writes: readonly Write[]) => [
   ...new Set(writes.map((w) => w.key.slice(0, w.key.lastIndexOf('/')) + '/*')),
 ];
@@ -111,56 +171,46 @@ describe('seed 003 failures on 3 agents (4 shards, rf 3, majority)', () => {
   });
 
   test('5 kill -9 / restart cycles under concurrent writes lose no acknowledged write', async (c) => {
-    const outcomes: WriteOutcome[] = [];
     const collections = c.map.assignments.map((a) => c.keyOnShard(a.shard, 'cycle'));
-    let stop = false;
-    let n = 0;
-    const writer = async (w: number) => {
-      while (!stop) {
-        const running = c.running();
-        const via = running[(n + w) % running.length]!;
-        const i = n++;
-        const [o] = await c.writeAll(
-          [{ key: `${collections[i % collections.length]}/k-${i}`, data: { i, w }, via }],
-          1,
-        );
-        outcomes.push(o!);
-        if (o!.status !== 200) await new Promise((r) => setTimeout(r, 20));
-      }
-    };
-    const writers = Array.from({ length: 6 }, (_, w) => writer(w));
-    const acked = () => outcomes.filter((o) => o.status === 200).length;
+    const load = startWriters(c, collections);
     try {
       for (let cycle = 0; cycle < 5; cycle++) {
         const victim = c.names()[cycle % 3]!;
-        const target = acked() + 100;
-        await waitFor(() => acked() >= target, {
-          timeoutMs: 15_000,
-          message: `100 more acknowledged writes before cycle ${cycle}`,
-        });
+        await load.waitAcked(100, `100 more acknowledged writes before cycle ${cycle}`);
         await c.kill9(victim);
-        const whileDown = acked() + 50;
-        await waitFor(() => acked() >= whileDown, {
-          timeoutMs: 15_000,
-          message: `50 acknowledged writes while ${victim} is down (cycle ${cycle})`,
-        });
+        await load.waitAcked(50, `50 acknowledged writes while ${victim} is down (cycle ${cycle})`);
         await c.restart(victim);
       }
     } finally {
-      stop = true;
-      await Promise.all(writers);
+      await load.stop();
     }
-    expect(acked()).toBeGreaterThanOrEqual(750);
+    expect(load.acked()).toBeGreaterThanOrEqual(750);
     const content = await c.waitConverged(
       collections.map((k) => `${k}/*`),
       { timeoutMs: 30_000 },
     );
-    expectAcknowledgedPresent(content, outcomes);
-    // Unacknowledged writes may or may not have landed, but nothing was invented.
-    const written = new Map(outcomes.map((o) => [o.key, JSON.stringify(o.data)]));
-    for (const [key, { data }] of content)
-      expect({ key, data: JSON.stringify(data) }).toEqual({ key, data: written.get(key) });
+    expectSurvivors(content, load.outcomes);
   }, 120_000);
+
+  test('SIGTERM under concurrent writes is a graceful exit (code 0) and loses no acknowledged write', async (c) => {
+    const collections = c.map.assignments.map((a) => c.keyOnShard(a.shard, 'graceful'));
+    const load = startWriters(c, collections);
+    try {
+      for (const victim of ['agent-2', 'agent-0']) {
+        await load.waitAcked(100, `100 acknowledged writes before stopping ${victim}`);
+        expect({ victim, code: await c.stop(victim) }).toEqual({ victim, code: 0 });
+        await load.waitAcked(30, `30 acknowledged writes while ${victim} is stopped`);
+        await c.restart(victim);
+      }
+    } finally {
+      await load.stop();
+    }
+    const content = await c.waitConverged(
+      collections.map((k) => `${k}/*`),
+      { timeoutMs: 30_000 },
+    );
+    expectSurvivors(content, load.outcomes);
+  }, 90_000);
 
   test('a follower that was down catches up a batch of 10,000 keys', async (c) => {
     const victim = 'agent-0';
