@@ -49,7 +49,7 @@ interface RssSummary {
   peak: number;
   end: number;
   /** Peak RSS per process name. */
-  peaks: Map<string, number>;
+  peaks: Map<string, { total: number; anon: number }>;
 }
 
 interface Row {
@@ -65,25 +65,28 @@ interface Row {
   load: [number, number];
 }
 
-function rssMiB(pid: number): number {
+/** Resident memory of a process in MiB: all of it, and the anonymous part (heap, not mapped files). */
+function rssMiB(pid: number): { total: number; anon: number } {
   try {
-    const kb = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
-    return kb ? Number(kb) / 1024 : 0;
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kb = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? 0);
+    return { total: kb('VmRSS') / 1024, anon: kb('RssAnon') / 1024 };
   } catch {
-    return 0;
+    return { total: 0, anon: 0 };
   }
 }
 
 /** Samples the largest per-process RSS of the system once a second, and each process's peak. */
 function rssSampler(system: System) {
   const samples: number[] = [];
-  const peaks = new Map<string, number>();
+  const peaks = new Map<string, { total: number; anon: number }>();
   const sample = () => {
     let largest = 0;
     for (const { name, pid } of system.processes()) {
       const mib = rssMiB(pid);
-      largest = Math.max(largest, mib);
-      peaks.set(name, Math.max(peaks.get(name) ?? 0, mib));
+      largest = Math.max(largest, mib.total);
+      const peak = peaks.get(name) ?? { total: 0, anon: 0 };
+      peaks.set(name, { total: Math.max(peak.total, mib.total), anon: Math.max(peak.anon, mib.anon) });
     }
     samples.push(largest);
   };
@@ -250,6 +253,20 @@ async function measure(system: System): Promise<Row> {
   });
   const catchUp = system.catchUp ? await system.catchUp(catchupKeys) : undefined;
   const soakRss = rssSampler(system);
+  const soakStarted = performance.now();
+  // A line a minute on stderr shows the trend of a long soak, not only its end points.
+  const soakTrend = setInterval(() => {
+    const now = system
+      .processes()
+      .map(({ name, pid }) => {
+        const m = rssMiB(pid);
+        return `${name} ${m.total.toFixed(0)} (anon ${m.anon.toFixed(0)})`;
+      })
+      .join(', ');
+    console.error(
+      `${system.label} soak ${((performance.now() - soakStarted) / 1000).toFixed(0)} s: RSS MiB ${now}`,
+    );
+  }, 60_000);
   const soak = await runLoad({
     concurrency,
     durationMs: soakSeconds * 1000,
@@ -259,6 +276,7 @@ async function measure(system: System): Promise<Row> {
         ? system.get(t[i % t.length]!, `k-${i % written}`)
         : system.put(t[i % t.length]!, `soak-${i % 10_000}`),
   });
+  clearInterval(soakTrend);
   return {
     put,
     get,
@@ -354,7 +372,9 @@ async function main() {
       (x) => x?.firstError,
     )?.firstError;
     if (errors) console.log(`first error for ${r.label}: ${errors}`);
-    const peaks = [...r.row.rssMiB.peaks].map(([name, mib]) => `${name} ${mib.toFixed(0)}`).join(', ');
+    const peaks = [...r.row.rssMiB.peaks]
+      .map(([name, mib]) => `${name} ${mib.total.toFixed(0)} (anonymous ${mib.anon.toFixed(0)})`)
+      .join(', ');
     console.log(`peak RSS MiB per process, ${r.label}: ${peaks}`);
   }
 }
