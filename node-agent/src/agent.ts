@@ -235,8 +235,20 @@ export class Agent implements LinkHost {
     const meta = this.store.shardMeta(shard);
     const lastTerm = meta.history[meta.history.length - 1]?.term;
     if (meta.pivotTerm !== undefined && lastTerm === meta.pivotTerm && meta.pivotTerm === epoch) {
-      rt.term = epoch; // restarted in our own term: we hold everything we acknowledged
-      rt.state = 'serving';
+      // Restarted in our own term: we hold everything we acknowledged, but a newer pivot may
+      // exist that we have not heard of. Enough followers must confirm our epoch first.
+      rt.term = epoch;
+      rt.state = 'promoting';
+      for (let round = 1; !this.closed && this.epoch() === epoch && !this.fenced(); round++) {
+        try {
+          await this.confirmLeadership(shard);
+          rt.state = 'serving';
+          for (const link of this.links.values()) link.kick();
+          return;
+        } catch {
+          await new Promise((r) => setTimeout(r, backoffDelay(this.policy(), round)));
+        }
+      }
       return;
     }
     if (this.establishing.get(shard) === epoch) return;
@@ -596,9 +608,12 @@ export class Agent implements LinkHost {
       await Promise.race([
         new Promise<void>((resolve) => {
           for (const c of confirmations)
-            void c.then(() => {
-              if (++got >= need) resolve();
-            });
+            c.then(
+              () => {
+                if (++got >= need) resolve();
+              },
+              () => {}, // an unreachable follower simply does not confirm
+            );
         }),
         timeout,
       ]);

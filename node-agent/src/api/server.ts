@@ -1,7 +1,7 @@
 // The agent's HTTP surface: public data and watch routes, operations routes, and the internal
 // routes (shard map pushes, replication). Errors are data: `{ error: { code, message } }`.
 import websocket from '@fastify/websocket';
-import Fastify, { LogController, type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { timingSafeEqual } from 'node:crypto';
 import { KeyError } from '../../../lib/keys.ts';
 import type { ShardMap } from '../../../lib/shard-map.ts';
@@ -28,6 +28,12 @@ export async function buildServer(agent: Agent): Promise<FastifyInstance> {
     // A value of MAX_VALUE_BYTES plus JSON framing; anything larger is refused with 413.
     bodyLimit: MAX_VALUE_BYTES + 1024,
     return503OnClosing: true,
+    // Router-level refusals (a URL that is not valid percent-encoding) keep the JSON error shape.
+    frameworkErrors: (error, _req, reply) => {
+      const status = (error as FastifyError).statusCode ?? 400;
+      const body = errorBody(status === 400 ? 'INVALID_KEY' : 'BAD_REQUEST', error.message);
+      void (reply as FastifyReply).code(status).send(body);
+    },
     // Per-request logs would dominate CPU at target load; metrics cover requests instead.
     logController: new LogController({ disableRequestLogging: true }),
   });

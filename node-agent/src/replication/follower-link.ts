@@ -55,7 +55,7 @@ export class FollowerLink {
   private readonly abort = new AbortController();
   /** Send time of the last batch the peer accepted at our epoch. */
   private confirmedSentAt = 0;
-  private confirmWaiters: { after: number; resolve: () => void }[] = [];
+  private confirmWaiters: { after: number; resolve: () => void; reject: (e: Error) => void }[] = [];
 
   constructor(peer: string, client: PeerClient, host: LinkHost) {
     this.peer = peer;
@@ -89,8 +89,9 @@ export class FollowerLink {
   /** Resolves once a batch sent at or after `after` was accepted (strong-read confirmation). */
   confirmAfter(after: number): Promise<void> {
     if (this.confirmedSentAt >= after) return Promise.resolve();
-    return new Promise((resolve) => {
-      this.confirmWaiters.push({ after, resolve });
+    if (this.down || this.closed) return Promise.reject(new Error(`${this.peer} is backed off`));
+    return new Promise((resolve, reject) => {
+      this.confirmWaiters.push({ after, resolve, reject });
       this.kick();
     });
   }
@@ -169,6 +170,7 @@ export class FollowerLink {
       if (this.closed) return false;
       const pe = peerError(error);
       if (pe?.code === 'STALE_EPOCH') {
+        for (const w of this.confirmWaiters.splice(0)) w.reject(new Error(`${this.peer} has a newer epoch`));
         this.host.onStaleEpoch((pe.body as { epoch?: number })?.epoch ?? epoch + 1);
         return false;
       }
@@ -230,6 +232,7 @@ export class FollowerLink {
       this.host.log.warn({ peer: this.peer, err: (error as Error).message }, 'peer unreachable; backing off');
     this.health = peerFailed(this.health, now);
     this.host.metrics.peerDown.set({ peer: this.peer }, 1);
+    for (const w of this.confirmWaiters.splice(0)) w.reject(new Error(`${this.peer} is unreachable`));
     for (const p of this.progress.values())
       Object.assign(p, { mode: 'probe', serving: false, copyAsked: false });
     this.host.onPeerDown(this.peer);
@@ -280,6 +283,6 @@ export class FollowerLink {
     this.closed = true;
     this.abort.abort(new Error('agent shutting down'));
     clearTimeout(this.timer);
-    for (const w of this.confirmWaiters) w.resolve();
+    for (const w of this.confirmWaiters.splice(0)) w.reject(new Error('agent shutting down'));
   }
 }
