@@ -2,7 +2,7 @@
 // address on it, and per pod a network namespace joined to the bridge by a veth pair. The range is
 // 10.244.<subnet>.0/24, used only inside this machine; nothing is routed off the host.
 import { readdir } from 'node:fs/promises';
-import { run } from './run.ts';
+import { run, waitFor } from './run.ts';
 
 export interface ClusterNetwork {
   subnet: number; // third octet of 10.244.<subnet>.0/24
@@ -69,15 +69,26 @@ export async function netnsPids(netns: string): Promise<number[]> {
     .map((s) => Number(s));
 }
 
-/** SIGKILLs whatever still runs inside, then removes the namespace (which removes its veth too). */
+/**
+ * SIGKILLs whatever still runs inside and waits (bounded) until it is gone, then removes the
+ * namespace (which removes its veth too).
+ */
 export async function deleteNetns(netns: string): Promise<void> {
-  for (const pid of await netnsPids(netns)) {
+  const pids = await netnsPids(netns);
+  const stillRunning = (pid: number) => {
     try {
       process.kill(pid, 'SIGKILL');
+      return true;
     } catch {
-      // already gone
+      return false;
     }
-  }
+  };
+  await waitFor(
+    `processes ${pids.join(', ')} in ${netns} to exit`,
+    () => (pids.some(stillRunning) ? undefined : true),
+    10_000,
+    50,
+  ).catch(() => undefined); // a process stuck in the kernel must not stop the rest of the cleanup
   await run('ip', ['netns', 'del', netns]).catch(() => undefined);
 }
 
