@@ -22,9 +22,9 @@ const { values: flags } = parseArgs({
 
 const quick = flags.quick!;
 const phaseMs = 1000 * Number(flags.duration ?? (quick ? 1 : 10));
-const soakSeconds = Number(flags.soak ?? (quick ? 2 : 20));
+const soakSeconds = Number(flags.soak ?? (quick ? 1 : 20));
 const concurrency = Number(flags.concurrency);
-const catchupKeys = Number(flags['catchup-keys'] ?? (quick ? 5_000 : 100_000));
+const catchupKeys = Number(flags['catchup-keys'] ?? (quick ? 2_000 : 100_000));
 const MAX_OPS = 2_000_000;
 
 // A 1 KB JSON document as the value (the same bytes go to etcd).
