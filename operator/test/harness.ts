@@ -1,5 +1,5 @@
-// Integration harness for the operator: a real control plane (the local cluster of
-// hack/local-cluster, or PIVOT_TEST_KUBECONFIG), the CRD applied, a namespace per test file,
+// Integration harness for the operator: a real control plane (the run's shared local cluster,
+// PIVOT_TEST_KUBECONFIG, or one started here), the CRD applied, a namespace per test file,
 // and operator processes run from this work tree that tests can kill -9 and restart.
 import {
   AppsV1Api,
@@ -27,6 +27,8 @@ const MERGE_PATCH = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
 
 export interface TestEnv {
   kubeconfigPath: string;
+  /** Where the control-plane binaries (and helm) live. */
+  binDir: string;
   namespace: string;
   kc: KubeConfig;
   core: CoreV1Api;
@@ -41,11 +43,19 @@ export interface TestEnv {
 /** Starts (or reuses, with PIVOT_TEST_KUBECONFIG) a cluster, applies the CRD, creates a namespace. */
 export async function startEnv(name: string): Promise<TestEnv> {
   let cluster: LocalCluster | null = null;
-  let kubeconfigPath = process.env.PIVOT_TEST_KUBECONFIG;
+  let statePath = process.env.PIVOT_CLUSTER_STATE;
+  // The cluster project's globalSetup (e2e/cluster) starts one cluster per run and exports it.
+  let kubeconfigPath =
+    process.env.PIVOT_TEST_KUBECONFIG ??
+    (process.env.PIVOT_CLUSTER_STATE ? process.env.KUBECONFIG : undefined);
   if (!kubeconfigPath) {
     cluster = await startLocalCluster({ name, nodes: 3, ownerPid: process.pid, log: () => {} });
     kubeconfigPath = cluster.kubeconfigPath;
+    statePath = cluster.statePath;
   }
+  const binDir = statePath
+    ? (JSON.parse(readFileSync(statePath, 'utf8')) as { binDir: string }).binDir
+    : (process.env.KUBEBUILDER_ASSETS ?? '');
   const kc = new KubeConfig();
   kc.loadFromFile(kubeconfigPath);
   const objects = KubernetesObjectApi.makeApiClient(kc);
@@ -70,6 +80,7 @@ export async function startEnv(name: string): Promise<TestEnv> {
   await core.createNamespace({ body: { metadata: { name: namespace } } });
   return {
     kubeconfigPath,
+    binDir,
     namespace,
     kc,
     core,
