@@ -8,6 +8,7 @@ import { parseKey, routingKey, type ParsedKey } from '../../../lib/keys.ts';
 import { shardOfRoutingKey } from '../../../lib/hash.ts';
 import type { Agent } from '../agent.ts';
 import { parseVersion, recordJson, recordsJson, versionOf, type LogEntry } from '../storage/records.ts';
+import { termAt } from '../replication/history.ts';
 import { keyFromUrl, MAX_PAGE } from './data.ts';
 import { ApiError } from './errors.ts';
 
@@ -58,7 +59,14 @@ export function watchRoutes(agent: Agent) {
       const pos = agent.store.position(shard);
       const meta = agent.store.shardMeta(shard);
       sentSeq = pos.seq;
-      if (since && since.seq >= meta.firstLogSeq - 1 && since.seq <= pos.seq) {
+      // Replay only when `since` is in this copy's history (same term at that seq) and the log
+      // still reaches back to it; otherwise the client gets a fresh snapshot marked reset.
+      const resumable =
+        since !== null &&
+        since.seq >= meta.firstLogSeq - 1 &&
+        since.seq <= pos.seq &&
+        (since.seq === 0 || termAt(meta.history, since.seq) === since.term);
+      if (resumable && since) {
         for (let from = since.seq + 1; from <= pos.seq;) {
           const entries = agent.store.readLog(shard, from, 1000);
           if (entries.length === 0) break;
