@@ -346,6 +346,13 @@ export interface ClusterOptions {
   /** Names are `${namePrefix}-0` … */
   namePrefix?: string;
   readyTimeoutMs?: number;
+  /**
+   * false: agents start as under the operator (`--cluster-uid`, no cluster file) and get their
+   * map only from pushMap; start() pushes it unless `waitReady` is false.
+   */
+  clusterFile?: boolean;
+  /** false: start() returns once every agent answers HTTP, before any readiness. */
+  waitReady?: boolean;
 }
 
 export const TEST_RETRY_POLICY: RetryPolicySpec = {
@@ -412,6 +419,7 @@ export class Cluster {
   readonly retryPolicy: RetryPolicy;
   readonly readyTimeoutMs: number;
   readonly logLevel: string;
+  readonly usesClusterFile: boolean;
   clusterFile: ClusterFile;
   /** The newest map this harness knows (the cluster file's, then whatever pushMap sent). */
   map: ShardMap;
@@ -422,6 +430,7 @@ export class Cluster {
     this.token = options.token;
     this.readyTimeoutMs = options.readyTimeoutMs;
     this.logLevel = options.logLevel;
+    this.usesClusterFile = options.clusterFile;
     this.clusterFilePath = path.join(root, 'cluster.json');
     this.retryPolicy = retryPolicyFromSpec(options.retryPolicy);
     const names = ports.map((_, i) => `${options.namePrefix}-${i}`);
@@ -475,6 +484,8 @@ export class Cluster {
       logLevel: options.logLevel ?? process.env.PIVOT_E2E_LOG_LEVEL ?? 'info',
       namePrefix: options.namePrefix ?? 'agent',
       readyTimeoutMs: options.readyTimeoutMs ?? 20_000,
+      clusterFile: options.clusterFile ?? true,
+      waitReady: options.waitReady ?? true,
     };
     const root = await mkdtemp(path.join(tmpdir(), 'pivot-e2e-'));
     const ports: number[] = [];
@@ -487,6 +498,14 @@ export class Cluster {
     if (cluster.token) await writeFile(path.join(root, 'token'), cluster.token + '\n', { mode: 0o600 });
     try {
       for (const name of cluster.names()) cluster.spawn(name);
+      if (!opts.waitReady) {
+        await Promise.all(cluster.names().map((name) => cluster.waitListening(name)));
+        return cluster;
+      }
+      if (!opts.clusterFile) {
+        await Promise.all(cluster.names().map((name) => cluster.waitListening(name)));
+        await cluster.pushMapOrThrow(cluster.map);
+      }
       await Promise.all(cluster.names().map((name) => cluster.waitReady(name)));
       await cluster.waitWritable();
     } catch (error) {
@@ -550,8 +569,9 @@ export class Cluster {
       `127.0.0.1:${a.port}`,
       '--advertise-url',
       a.url,
-      '--cluster-file',
-      this.clusterFilePath,
+      ...(this.usesClusterFile
+        ? ['--cluster-file', this.clusterFilePath]
+        : ['--cluster-uid', this.map.clusterUid]),
       '--log-level',
       this.logLevel,
     ];
@@ -678,7 +698,7 @@ export class Cluster {
     const a = this.agent(name);
     if (a.child) throw new Error(`${name} is still running; kill9() or stop() it first`);
     this.spawn(name);
-    if (this.map.epoch > this.clusterFile.epoch) {
+    if (!this.usesClusterFile || this.map.epoch > this.clusterFile.epoch) {
       await this.waitListening(name);
       await this.pushMap(this.map, { to: [name] });
     }
@@ -721,6 +741,16 @@ export class Cluster {
       }),
     );
     return results;
+  }
+
+  /** pushMap that fails unless every target answers 200. */
+  async pushMapOrThrow(map: ShardMap, options: { to?: string[] } = {}): Promise<void> {
+    const results = await this.pushMap(map, options);
+    const refused = [...results].filter(([, r]) => r.status !== 200);
+    if (refused.length)
+      throw new Error(
+        `map epoch ${map.epoch} refused: ${refused.map(([n, r]) => `${n} ${r.status} ${JSON.stringify(r.body)}`).join('; ')}`,
+      );
   }
 
   /** The current map with epoch+1 and the given assignment changes applied. */
