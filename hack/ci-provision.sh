@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Provisions what the `cluster` jest project needs on a fresh machine, before `npm test`:
 #   1. Debian packages: iproute2 (ip netns, bridges, veth), openssl (cluster certificates),
-#      util-linux + mount (unshare, mount --bind for pod volumes), procps.
+#      util-linux + mount (unshare, mount --bind for pod volumes), procps, curl (in-pod API test).
 #   2. Go >= 1.26 (Kubernetes 1.36 needs it). When the machine has none, Debian's golang-go
 #      bootstraps the official toolchain module (golang.org/toolchain) from the Go module proxy.
 #   3. The control-plane binaries (hack/build-k8s.sh: cached outside the tree, skipped when present).
@@ -17,7 +17,7 @@ start=$SECONDS
 [[ $(id -u) -eq 0 ]] || die "must run as root: the local cluster creates network namespaces and a bridge"
 
 need_pkgs=()
-for pair in ip:iproute2 openssl:openssl unshare:util-linux mount:mount setsid:util-linux pgrep:procps; do
+for pair in ip:iproute2 openssl:openssl unshare:util-linux mount:mount setsid:util-linux pgrep:procps curl:curl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
 done
 go_ok() { command -v go >/dev/null 2>&1 && [[ "$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')" -ge 26 ]]; }

@@ -345,6 +345,12 @@ class PodWorker {
       timers: [],
       everStarted: false,
     }));
+    await this.prepareAndRun();
+  }
+
+  /** Volumes and env, then the containers; retried every 2 s while a referenced object is missing. */
+  async prepareAndRun(): Promise<void> {
+    if (this.terminating || this.gone) return;
     try {
       const volumes = await this.prepareVolumes();
       for (const c of this.containers) {
@@ -357,16 +363,19 @@ class PodWorker {
               : [];
           }),
         );
-        this.envByContainer.set(c.spec.name, await containerEnv(this.pod, c.spec, this.network.ip));
+        this.envByContainer.set(c.spec.name, await containerEnv(this.pod, c.spec, this.network!.ip));
       }
     } catch (err) {
+      // Like the kubelet: a ConfigMap, Secret or claim that is not there yet is waited for.
       this.setupError = (err as Error).message;
-      log(`${this.key}: setup failed: ${this.setupError}`);
+      log(`${this.key}: setup failed (retrying in 2s): ${this.setupError}`);
       for (const c of this.containers)
         c.state = { waiting: { reason: 'CreateContainerConfigError', message: this.setupError } };
       await this.pushStatus();
+      setTimeout(() => this.enqueue(() => this.prepareAndRun()), 2000);
       return;
     }
+    this.setupError = undefined;
     for (const c of this.containers) this.startContainer(c);
     await this.pushStatus();
   }
