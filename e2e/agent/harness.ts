@@ -272,9 +272,11 @@ export class Watch {
     this.opened = new Promise((resolve, reject) => {
       this.socket.once('open', () => resolve());
       this.socket.once('error', reject);
-      this.socket.once('unexpected-response', (_req, res) =>
-        reject(new Error(`watch upgrade refused with HTTP ${res.statusCode}`)),
-      );
+      this.socket.once('unexpected-response', (req, res) => {
+        // With this listener ws leaves the refused request open; close it or it outlives the test.
+        req.destroy();
+        reject(new Error(`watch upgrade refused with HTTP ${res.statusCode}`));
+      });
     });
     this.opened.catch(() => undefined);
     this.socket.on('message', (data) => {
