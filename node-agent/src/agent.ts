@@ -358,14 +358,10 @@ export class Agent implements LinkHost {
   async callPeer<T>(peer: string, path: string, body: unknown): Promise<{ value: T; bytes: number }> {
     const client = this.client(peer);
     if (!client) throw new Error(`unknown agent ${peer}`);
-    return withRetry(
-      this.policy(),
-      (signal) => client.call<T>(path, body, AbortSignal.any([signal, this.abort.signal])),
-      {
-        signal: this.abort.signal,
-        onRetry: () => this.metrics.retries.inc({ call: path.split('/').pop()! }),
-      },
-    );
+    return withRetry(this.policy(), (signal) => client.call<T>(path, body, signal), {
+      signal: this.abort.signal,
+      onRetry: () => this.metrics.retries.inc({ call: path.split('/').pop()! }),
+    });
   }
 
   // ---- follower side ----------------------------------------------------------------------

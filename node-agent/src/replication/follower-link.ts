@@ -148,12 +148,7 @@ export class FollowerLink {
       const policy = this.host.policy();
       const { value, bytes } = await withRetry(
         singleAttempt ? { ...policy, maxAttempts: 1 } : policy,
-        (signal) =>
-          this.client.call<BatchAnswer>(
-            '/_pivot/v1/replicate/batch',
-            request,
-            AbortSignal.any([signal, this.abort.signal]),
-          ),
+        (signal) => this.client.call<BatchAnswer>('/_pivot/v1/replicate/batch', request, signal),
         {
           signal: this.abort.signal,
           onRetry: () => this.host.metrics.retries.inc({ call: 'replicate' }),
