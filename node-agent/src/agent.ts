@@ -107,11 +107,12 @@ export class Agent implements LinkHost {
   async applyMap(next: ShardMap, source: string): Promise<void> {
     const problems = validateShardMap(next);
     if (problems.length) throw new ApiError(400, 'INVALID_SHARD_MAP', problems.join('; '));
-    if (this.map && next.clusterUid !== this.map.clusterUid)
+    const cluster = this.map?.clusterUid || this.store.cluster;
+    if (cluster && next.clusterUid !== cluster)
       throw new ApiError(
         400,
         'WRONG_CLUSTER',
-        `map is for cluster ${next.clusterUid}, this agent serves ${this.map.clusterUid}`,
+        `map is for cluster ${next.clusterUid}, this agent serves ${cluster}`,
       );
     if (next.epoch < Math.max(this.epoch(), this.seenEpoch) && source !== 'storage')
       throw staleEpoch(next.epoch, Math.max(this.epoch(), this.seenEpoch));
@@ -144,7 +145,9 @@ export class Agent implements LinkHost {
         this.waiters.failAll(a.shard, unavailable(`shard ${a.shard} moved to pivot ${a.pivot}`));
         this.recent.delete(a.shard);
       }
-      if (role === 'pivot' && (before === null || change !== undefined || rt.term === 0)) {
+      // A takeover still running for an older epoch stops at the epoch change: start it again.
+      const retake = rt.state === 'promoting';
+      if (role === 'pivot' && (before === null || change !== undefined || rt.term === 0 || retake)) {
         const prevAssignment = before?.assignments[a.shard];
         void this.establish(a.shard, prevAssignment ? copiesOf(prevAssignment) : copiesOf(a));
       } else if (
@@ -539,18 +542,21 @@ export class Agent implements LinkHost {
     return requiredCopies(this.map!.writeConcern, copiesOf(a).length);
   }
 
-  onProgress(shard: number): void {
-    const a = this.map?.assignments[shard];
-    if (!a || a.pivot !== this.name) return;
+  /** At the pivot: the highest seq the write concern's copies hold durably. */
+  private committedOf(shard: number): number {
+    const a = this.map!.assignments[shard]!;
     const followers = a.followers.map((f) => {
       const link = this.links.get(f);
       const p = link?.progress.get(shard);
       return { applied: p?.applied ?? 0, serving: !!p && !link!.down && p.mode === 'stream' && p.serving };
     });
-    this.waiters.committed(
-      shard,
-      committedSeq(this.store.durableSeq(shard), followers, this.requiredFor(shard)),
-    );
+    return committedSeq(this.store.durableSeq(shard), followers, this.requiredFor(shard));
+  }
+
+  onProgress(shard: number): void {
+    const a = this.map?.assignments[shard];
+    if (!a || a.pivot !== this.name) return;
+    this.waiters.committed(shard, this.committedOf(shard));
   }
 
   onPeerDown(_peer: string): void {
@@ -641,7 +647,7 @@ export class Agent implements LinkHost {
         .filter((rt) => rt.role !== 'none')
         .map((rt) => {
           const position = this.store.position(rt.shard);
-          const committed = rt.role === 'pivot' ? this.store.durableSeq(rt.shard) : position.seq;
+          const committed = rt.role === 'pivot' ? this.committedOf(rt.shard) : position.seq;
           const followers =
             rt.role === 'pivot'
               ? this.map!.assignments[rt.shard]!.followers.map((f) => {
@@ -655,7 +661,7 @@ export class Agent implements LinkHost {
                   };
                 })
               : undefined;
-          const lag = followers ? Math.max(0, ...followers.map((f) => committed - f.applied)) : 0;
+          const lag = followers ? Math.max(0, ...followers.map((f) => position.seq - f.applied)) : 0;
           return {
             shard: rt.shard,
             role: rt.role,

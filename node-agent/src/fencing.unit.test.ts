@@ -28,6 +28,7 @@ const map = (epoch: number, pivot = 'me', rf = 1): ShardMap => ({
   agents: [
     { name: 'me', url: 'http://127.0.0.1:9' },
     { name: 'other', url: 'http://127.0.0.1:9' },
+    { name: 'third', url: 'http://127.0.0.1:9' },
   ],
   assignments: [0, 1].map((shard) => ({
     shard,
@@ -112,6 +113,32 @@ describe('fencing', () => {
     const agent = await agentWith(map(5));
     const answer = await agent.handleBatch({ epoch: 5, from: 'other', items: [{ shard: 0, pivotSeq: 1 }] });
     expect(answer.items[0]!.refused).toMatch(/not the pivot/);
+  });
+});
+
+describe('takeover', () => {
+  it('a takeover cut short by a newer epoch that leaves the shard unchanged is started again', async () => {
+    const three = (epoch: number, pivot: string, writeConcern: ShardMap['writeConcern']): ShardMap => ({
+      ...map(epoch),
+      replicationFactor: 3,
+      writeConcern,
+      assignments: [0, 1].map((shard) => ({
+        shard,
+        pivot,
+        followers: ['me', 'other', 'third'].filter((n) => n !== pivot),
+      })),
+    });
+    const agent = await agentWith(three(5, 'me', 'all')); // all: this copy alone may take over
+    await until(() => agent.shards.get(0)?.state === 'serving', 'shard 0 to be taken over at epoch 5');
+    await agent.applyMap(three(6, 'other', 'majority'), 'push');
+    // Back to this agent under majority: 2 of the 3 copies must answer, and the others do not exist.
+    await agent.applyMap(three(7, 'me', 'majority'), 'push');
+    await new Promise((r) => setTimeout(r, 200));
+    expect(agent.shards.get(0)?.state).toBe('promoting');
+    // Same assignments, writeConcern all: every acknowledged write is on this copy too.
+    await agent.applyMap(three(8, 'me', 'all'), 'push');
+    await until(() => agent.shards.get(0)?.state === 'serving', 'shard 0 to be taken over at epoch 8');
+    expect(agent.writable(0).term).toBe(8);
   });
 });
 

@@ -101,7 +101,10 @@ function relay(agent: Agent, req: FastifyRequest, socket: WebSocket, pivot: stri
     headers: agent.config.token ? { authorization: `Bearer ${agent.config.token}` } : {},
   });
   upstream.on('message', (data, isBinary) => socket.send(data, { binary: isBinary }));
-  upstream.on('close', (code) => socket.close(code === 1005 ? 1000 : code));
+  // 1005/1006 (no status, abnormal) may not be sent on the wire: the pivot went away.
+  const sendable = (code: number) =>
+    code === 1000 || (code >= 1001 && code <= 1014 && code !== 1005 && code !== 1006);
+  upstream.on('close', (code) => socket.close(sendable(code) ? code : 1011, 'pivot stream ended'));
   upstream.on('error', () => socket.close(1011, 'pivot unreachable'));
-  socket.on('close', () => upstream.close());
+  socket.on('close', () => upstream.terminate());
 }

@@ -97,6 +97,11 @@ export class Store {
     await this.env.close();
   }
 
+  /** The cluster this data directory belongs to ('' when none was named). */
+  get cluster(): string {
+    return this.clusterUid;
+  }
+
   shardMeta(shard: number): ShardMeta {
     let m = this.metas.get(shard);
     if (!m) {
