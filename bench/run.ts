@@ -7,7 +7,7 @@ import { cpus, loadavg, totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
 import { Cluster, waitFor } from '../e2e/agent/harness.ts';
 import { EtcdCluster, etcdPut, etcdRange, findEtcd } from './etcd.ts';
-import { runLoad, type LoadResult, type Request } from './load.ts';
+import { runLoad, type LoadResult, type LoadSpec, type Request } from './load.ts';
 
 const { values: flags } = parseArgs({
   options: {
@@ -52,10 +52,12 @@ interface RssSummary {
   peaks: Map<string, { total: number; anon: number }>;
 }
 
+type PhaseResult = LoadResult & { cpuMsPerOp: number };
+
 interface Row {
-  put: LoadResult;
-  get: LoadResult;
-  getLocal: LoadResult;
+  put: PhaseResult;
+  get: PhaseResult;
+  getLocal: PhaseResult;
   halfLoad: LoadResult;
   catchUp?: { writeOpsPerSec: number; seconds: number };
   soak?: LoadResult;
@@ -74,6 +76,32 @@ function rssMiB(pid: number): { total: number; anon: number } {
   } catch {
     return { total: 0, anon: 0 };
   }
+}
+
+/** CPU seconds (user + system) used so far by the system's processes, from /proc/<pid>/stat. */
+function cpuSeconds(system: System): number {
+  let ticks = 0;
+  for (const { pid } of system.processes()) {
+    try {
+      // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(fields[11]) + Number(fields[12]);
+    } catch {
+      // exited between listing and reading
+    }
+  }
+  return ticks / CLOCK_TICKS_PER_SECOND;
+}
+
+// USER_HZ: 100 on every Linux this runs on (getconf CLK_TCK).
+const CLOCK_TICKS_PER_SECOND = 100;
+
+/** Runs one load phase and adds the server CPU it cost per operation. */
+async function phase(system: System, spec: LoadSpec): Promise<LoadResult & { cpuMsPerOp: number }> {
+  const before = cpuSeconds(system);
+  const result = await runLoad(spec);
+  return { ...result, cpuMsPerOp: ((cpuSeconds(system) - before) * 1000) / Math.max(1, result.ops) };
 }
 
 /** Samples the largest per-process RSS of the system once a second, and each process's peak. */
@@ -225,20 +253,20 @@ async function measure(system: System): Promise<Row> {
   const loadAtStart = loadavg()[0]!;
   const rss = rssSampler(system);
   const t = system.targets;
-  const put = await runLoad({
+  const put = await phase(system, {
     concurrency,
     durationMs: phaseMs,
     maxOps: MAX_OPS,
     request: (i) => system.put(t[i % t.length]!, `k-${i}`),
   });
   const written = Math.max(1, put.ops);
-  const get = await runLoad({
+  const get = await phase(system, {
     concurrency,
     durationMs: phaseMs,
     maxOps: MAX_OPS,
     request: (i) => system.get(t[i % t.length]!, `k-${(i * 7919) % written}`),
   });
-  const getLocal = await runLoad({
+  const getLocal = await phase(system, {
     concurrency,
     durationMs: phaseMs,
     maxOps: MAX_OPS,
@@ -307,6 +335,10 @@ function table(results: { label: string; row: Row }[]): string {
     ['GET p50 / p99 ms', (r) => `${fmt.ms(r.get.p50Ms)} / ${fmt.ms(r.get.p99Ms)}`],
     ['GET local/serializable ops/s', (r) => fmt.ops(r.getLocal)],
     ['GET local p50 / p99 ms', (r) => `${fmt.ms(r.getLocal.p50Ms)} / ${fmt.ms(r.getLocal.p99Ms)}`],
+    [
+      'server CPU ms per op (all members): PUT / GET / GET local',
+      (r) => [r.put, r.get, r.getLocal].map((p) => p.cpuMsPerOp.toFixed(2)).join(' / '),
+    ],
     ['PUT at half max load: rate ops/s', (r) => fmt.ops(r.halfLoad)],
     [
       'PUT at half max load: p50 / p99 ms',
