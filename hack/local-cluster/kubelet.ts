@@ -811,13 +811,18 @@ function signalNumber(signal: NodeJS.Signals): number {
   );
 }
 
-// Host indexes 2..254 of the cluster /24, one per pod (kept across container restarts).
+// Host indexes 2..254 of the cluster /24, one per pod (kept across container restarts). Handed out
+// round-robin: an address reused at once would meet neighbours (the host, other pods) that still
+// cache the previous pod's MAC address, and stay unreachable until that ARP entry times out.
 const hostByUid = new Map<string, number>();
+let lastHost = 1;
 function allocateHost(uid: string): number {
   const used = new Set(hostByUid.values());
-  for (let i = 2; i <= 254; i++) {
+  for (let step = 1; step <= 253; step++) {
+    const i = ((lastHost - 2 + step) % 253) + 2;
     if (!used.has(i)) {
       hostByUid.set(uid, i);
+      lastHost = i;
       return i;
     }
   }

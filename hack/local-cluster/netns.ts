@@ -58,6 +58,8 @@ export async function createPodNetns(net: ClusterNetwork, pod: PodNetwork): Prom
   await run('ip', ['-n', pod.netns, 'link', 'set', 'eth0', 'up']);
   await run('ip', ['-n', pod.netns, 'link', 'set', 'lo', 'up']);
   await run('ip', ['-n', pod.netns, 'route', 'add', 'default', 'via', net.gateway]);
+  // The host may still cache the MAC of an earlier pod that had this address.
+  await run('ip', ['neigh', 'flush', 'to', pod.ip, 'dev', net.bridge]).catch(() => undefined);
 }
 
 /** PIDs of every process inside a namespace (the pod's processes and their children). */
