@@ -312,6 +312,34 @@ describe('public API on a 3-agent cluster (4 shards, rf 3, majority)', () => {
     expect((await b.get('cas')).body.data).toEqual({ n: 3 });
   });
 
+  test('If-Match races: of concurrent writers holding the same version through every agent, exactly one wins', async (c) => {
+    for (let round = 0; round < 3; round++) {
+      const base = await c.client('agent-0').put('cas-race', { round, base: true });
+      expect(base.status).toBe(200);
+      const contenders = c.names().flatMap((name) => [0, 1, 2, 3].map((n) => ({ name, n })));
+      const replies = await Promise.all(
+        contenders.map(({ name, n }) =>
+          c.client(name).put('cas-race', { round, name, n }, { ifMatch: base.body.version }),
+        ),
+      );
+      const statuses = replies.map((r) => r.status).sort();
+      expect({ round, statuses }).toEqual({
+        round,
+        statuses: [200, ...Array(contenders.length - 1).fill(412)],
+      });
+      const winner = replies.find((r) => r.status === 200)!.body;
+      for (const name of c.names()) {
+        const now = await c.client(name).get('cas-race');
+        expect({ round, name, data: now.body.data, version: now.body.version }).toEqual({
+          round,
+          name,
+          data: winner.data,
+          version: winner.version,
+        });
+      }
+    }
+  });
+
   test('push gives unique, time-ordered indexes; paging with ?limit=&after= walks the collection oldest first', async (c) => {
     const pushedInOrder: StoredObject[] = [];
     for (let i = 0; i < 25; i++) {

@@ -291,6 +291,36 @@ describe('every copy of a shard down (3 agents, rf 1)', () => {
     for (const name of c.names()) expect((await c.client(name).get(key)).body.data).toEqual({ kept: true });
   });
 
+  test('a watch at an agent without a copy relays the pivot’s stream and ends, not hangs, when the pivot dies', async (c) => {
+    const holder = 'agent-2';
+    const coll = c.keyOnShard(c.shardWhere(holder, 'pivot')!, 'relayed');
+    const relay = c.names().find((n) => n !== holder)!;
+    const x = await c.client('agent-1').put(`${coll}/x`, 1);
+    expect(x.status).toBe(200);
+    const w = c.client(relay).watch(`${coll}/*`);
+    try {
+      await w.opened;
+      await w.waitForMessages(1);
+      expect(w.messages[0]).toMatchObject({ type: 'snapshot', data: [{ key: `${coll}/x`, data: 1 }] });
+      const y = await c.client(relay).put(`${coll}/y`, 2);
+      expect(y.status).toBe(200);
+      await w.waitForMessages(2);
+      expect(w.messages[1]).toMatchObject({
+        type: 'set',
+        object: { key: `${coll}/y`, data: 2, version: y.body.version },
+      });
+      await c.kill9(holder);
+      await waitFor(() => w.closed, {
+        timeoutMs: 10_000,
+        message: `the relayed watch at ${relay} to close after ${holder} died`,
+      });
+    } finally {
+      w.close();
+    }
+    await c.restart(holder);
+    expect((await c.client(relay).list(coll)).body.map((o) => o.data)).toEqual([1, 2]);
+  });
+
   test('SIGTERM is a graceful exit (code 0) and the data is there after the restart', async (c) => {
     const name = 'agent-1';
     const key = c.keyOnShard(c.shardWhere(name, 'pivot')!, 'graceful');

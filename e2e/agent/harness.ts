@@ -150,15 +150,22 @@ export class PivotClient {
       body = typeof options.body === 'string' ? options.body : JSON.stringify(options.body);
       headers['content-type'] ??= 'application/json';
     }
-    const res = await request(this.baseUrl + urlPath, {
-      method,
-      headers,
-      body,
-      dispatcher: pool(),
-      headersTimeout: this.timeoutMs,
-      bodyTimeout: this.timeoutMs,
-    });
-    const text = await res.body.text();
+    let res: Dispatcher.ResponseData;
+    let text: string;
+    try {
+      res = await request(this.baseUrl + urlPath, {
+        method,
+        headers,
+        body,
+        dispatcher: pool(),
+        headersTimeout: this.timeoutMs,
+        bodyTimeout: this.timeoutMs,
+      });
+      text = await res.body.text();
+    } catch (error) {
+      // Name the request: undici's own errors say only "connect ECONNREFUSED <address>".
+      throw new Error(`${method} ${this.baseUrl}${urlPath}: ${(error as Error).message}`, { cause: error });
+    }
     let parsed: unknown = text;
     if (String(res.headers['content-type'] ?? '').includes('json') && text.length > 0) {
       try {
@@ -271,7 +278,9 @@ export class Watch {
     this.socket = new WebSocket(url, { headers: token ? { authorization: `Bearer ${token}` } : {} });
     this.opened = new Promise((resolve, reject) => {
       this.socket.once('open', () => resolve());
-      this.socket.once('error', reject);
+      this.socket.once('error', (error) =>
+        reject(new Error(`watch ${url}: ${error.message}`, { cause: error })),
+      );
       this.socket.once('unexpected-response', (req, res) => {
         // With this listener ws leaves the refused request open; close it or it outlives the test.
         req.destroy();
@@ -969,9 +978,14 @@ function describeDiff(a: Map<string, string>, b: Map<string, string>): string {
 
 /** Appends the agents' log tails to a failure so the jest report shows what the agents saw. */
 export function annotate(error: unknown, cluster: Cluster | undefined): unknown {
-  if (!cluster || !(error instanceof Error)) return error;
-  error.message += `\n\n${cluster.logTails(30)}`;
-  return error;
+  if (!cluster) return error;
+  // Errors raised by Node's own modules come from another realm than jest's test code, so
+  // `instanceof Error` is false for them: wrap those to keep their stack and the log tails.
+  const wrapped = error instanceof Error ? error : new Error(String(error), { cause: error });
+  if (!(error instanceof Error) && typeof error === 'object' && error !== null && 'stack' in error)
+    wrapped.stack = String(error.stack);
+  wrapped.message += `\n\n${cluster.logTails(30)}`;
+  return wrapped;
 }
 
 /** Runs `fn` over `items` with at most `limit` in flight; results keep the input order. */
