@@ -19,6 +19,7 @@ import {
   waitStable,
   type TestEnv,
 } from './harness.ts';
+import { PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import { GROUP, PLURAL, VERSION } from '../src/cluster/types.ts';
 
 jest.setTimeout(180_000);
@@ -220,6 +221,87 @@ describe('PivotCluster lifecycle', () => {
     await patchSpec(env, 'scale', { replicas: 3 });
     const pc = await waitStable(env, 'scale', 120_000, 'stable at 3 agents under the new leader');
     expect(new Set(pc.status!.assignments!.flatMap(copiesOf)).has('scale-2')).toBe(true);
+  });
+
+  it('a pod template change rolls one pod at a time after moving its pivot roles; data stays', async () => {
+    const acked = await writeKeys((await agentClients(env, 'scale')).get('scale-0')!, 'rollout', 20);
+    const oldUids = new Map(
+      (await agentPods(env, 'scale')).map((p) => [p.metadata!.name!, p.metadata!.uid!]),
+    );
+    const oldRevision = (
+      await env.apps.readNamespacedStatefulSet({ name: 'scale', namespace: env.namespace })
+    ).status!.updateRevision;
+    await patchSpec(env, 'scale', { image: 'pivot/node-agent:0.1.0-rollout' });
+    await waitFor(
+      async () =>
+        (await env.apps.readNamespacedStatefulSet({ name: 'scale', namespace: env.namespace })).status!
+          .updateRevision !== oldRevision,
+      { timeoutMs: 30_000, message: failure('the StatefulSet has a new revision') },
+    );
+    let concurrentlyDown = 0;
+    await waitFor(
+      async () => {
+        const [pods, sts, pc] = await Promise.all([
+          agentPods(env, 'scale'),
+          env.apps.readNamespacedStatefulSet({ name: 'scale', namespace: env.namespace }),
+          getCluster(env, 'scale'),
+        ]);
+        const down =
+          pods.filter(
+            (p) =>
+              p.metadata!.deletionTimestamp ||
+              !p.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True'),
+          ).length + Math.max(0, 3 - pods.length);
+        concurrentlyDown = Math.max(concurrentlyDown, down);
+        const updated = pods.every(
+          (p) =>
+            p.metadata!.labels!['controller-revision-hash'] === sts.status!.updateRevision &&
+            !p.metadata!.deletionTimestamp,
+        );
+        const stable = pc.status!.conditions!.some((c) => c.type === 'Progressing' && c.status === 'False');
+        return pods.length === 3 && updated && stable;
+      },
+      { timeoutMs: 150_000, intervalMs: 200, message: failure('every agent on the new revision and stable') },
+    );
+    const newPods = await agentPods(env, 'scale');
+    for (const p of newPods) expect(p.metadata!.uid).not.toBe(oldUids.get(p.metadata!.name!));
+    expect(concurrentlyDown).toBeLessThanOrEqual(1);
+    await waitStable(env, 'scale', 60_000, 'stable after the rollout');
+    await expectAllPresent((await agentClients(env, 'scale')).get('scale-0')!, acked);
+  });
+
+  it('the pause annotation stops reconciling one cluster until removed', async () => {
+    const annotate = (value: string | null) =>
+      env.custom.patchNamespacedCustomObject(
+        {
+          group: GROUP,
+          version: VERSION,
+          namespace: env.namespace,
+          plural: PLURAL,
+          name: 'scale',
+          body: { metadata: { annotations: { 'pivot.dev/paused': value } } },
+        },
+        setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+      );
+    await annotate('true');
+    await waitFor(
+      async () =>
+        (await getCluster(env, 'scale')).status!.conditions!.some(
+          (c) => c.type === 'Ready' && c.reason === 'Paused',
+        ),
+      { timeoutMs: 30_000, message: 'Ready reason Paused' },
+    );
+    await patchSpec(env, 'scale', { replicas: 4 });
+    // For three seconds nothing may act on the new spec.
+    const until = Date.now() + 3_000;
+    while (Date.now() < until) {
+      const sts = await env.apps.readNamespacedStatefulSet({ name: 'scale', namespace: env.namespace });
+      expect(sts.spec!.replicas).toBe(3);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    await annotate(null);
+    const pc = await waitStable(env, 'scale', 120_000, 'stable at 4 agents after unpausing');
+    expect(new Set(pc.status!.assignments!.flatMap(copiesOf)).has('scale-3')).toBe(true);
   });
 
   it('deleting a PivotCluster removes its children; PVCs follow storage.retentionPolicy', async () => {
