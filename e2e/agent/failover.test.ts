@@ -214,6 +214,47 @@ describe('failover by map change (3 agents, 4 shards, rf 3, majority)', () => {
     for (const name of c.names()) expect((await c.client(name).get(key)).body.data).toBe('before');
   }, 60_000);
 
+  test('an ex-pivot killed -9 while wiping and re-copying a diverged shard still ends with exactly the new pivot’s data', async (c) => {
+    const shard = c.shardWhere('agent-2', 'pivot')!;
+    const pivot = c.pivotOf(shard);
+    const [f1, f2] = c.followersOf(shard) as [string, string];
+    const coll = c.keyOnShard(shard, 'recopy');
+    const pad = 'p'.repeat(4096);
+    const acked = await c.writeAll(
+      Array.from({ length: 1500 }, (_, i) => ({ key: `${coll}/${i}`, data: { i, pad }, via: pivot })),
+      32,
+    );
+    expect(acked.filter((o) => o.status !== 200).slice(0, 5)).toEqual([]);
+    // Diverge: the lone pivot stores a write nobody else gets.
+    await c.kill9(f1);
+    await c.kill9(f2);
+    const extra = await c.client(pivot, { timeoutMs: 10_000 }).put(`${coll}/extra`, 'unacknowledged');
+    expect(extra.status).toBe(503);
+    await c.kill9(pivot);
+    await Promise.all([c.restart(f1), c.restart(f2)]);
+    await c.pushMapOrThrow(c.promoteMap(shard, f1));
+    await writeWhenServing(c, f2, `${coll}/new`, 'from the new pivot');
+
+    // Restart the ex-pivot and kill it again as soon as it is seen wiping or copying the shard.
+    await c.restart(pivot, { waitReady: false });
+    let seen = 'nothing';
+    await waitFor(
+      async () => {
+        const s = (await c.status(pivot)).shards.find((x) => x.shard === shard);
+        seen = s ? `${s.role}/${s.state}` : 'no status';
+        return s !== undefined && s.pivot === f1;
+      },
+      { timeoutMs: 10_000, message: () => `${pivot} to take the new map (seen ${seen})` },
+    );
+    await c.kill9(pivot);
+    await c.restart(pivot);
+    const content = await c.waitConverged([`${coll}/*`], { timeoutMs: 30_000 });
+    expect(content.has(`${coll}/extra`)).toBe(false);
+    expect(content.get(`${coll}/new`)?.data).toBe('from the new pivot');
+    expectAcknowledgedPresent(content, acked);
+    expect(content.size).toBe(1501);
+  }, 90_000);
+
   test('promoting the least caught-up follower still keeps every majority-acknowledged write', async (c) => {
     const shard = c.shardWhere('agent-0', 'pivot')!;
     const pivot = c.pivotOf(shard);
