@@ -468,6 +468,7 @@ export class Agent implements LinkHost {
       if (rt) rt.state = 'wiping';
       this.log.warn({ shard, source, reason }, 'wiping shard to copy it afresh');
       await this.store.beginCopy(shard, reason);
+      this.changes.emit('reset', shard);
       this.metrics.wipes.inc({ reason: reason.split(':')[0]! });
       if (rt) rt.state = 'syncing';
       const epoch = this.epoch();
@@ -509,6 +510,7 @@ export class Agent implements LinkHost {
     const rt = this.shards.get(shard)!;
     rt.state = 'wiping';
     await this.store.wipeShard(shard, 'copy removed from this agent by the shard map');
+    this.changes.emit('reset', shard);
     this.metrics.wipes.inc({ reason: 'removed' });
     rt.state = 'serving';
   }

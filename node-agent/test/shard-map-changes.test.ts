@@ -42,6 +42,9 @@ describe('shard map changes (3 agents, 3 shards, rf 2, majority)', () => {
     expect(content.get(`${coll}/0`)?.data).toEqual({ tag: 'after', i: 0 });
     expect(content.get(`${coll}/299`)?.data).toEqual({ tag: 'before', i: 299 });
 
+    const watch = c.client(outsider).watch(`${coll}/*`);
+    await watch.opened;
+    await watch.waitForMessages(1);
     const shrunk = c.nextMap((as) => {
       as[shard]!.followers = as[shard]!.followers.filter((f) => f !== outsider);
       return as;
@@ -55,6 +58,9 @@ describe('shard map changes (3 agents, 3 shards, rf 2, majority)', () => {
       { timeoutMs: 10_000, message: `${outsider} to record the wipe of shard ${shard}` },
     );
     expect(await shardStatus(c, outsider, shard)).toBeUndefined();
+    // Its watch on the wiped copy was closed so the client resumes elsewhere or with ?since=.
+    await waitFor(() => watch.closed, { timeoutMs: 5000, message: 'the watch on the removed copy to close' });
+    expect(watch.closeCode).toBe(1012);
     // Reads there still work: it no longer holds the shard and forwards to the pivot.
     const viaOutsider = await c.client(outsider).get(`${coll}/5`);
     expect(viaOutsider.body.data).toEqual({ tag: 'after', i: 5 });

@@ -53,9 +53,18 @@ export function watchRoutes(agent: Agent) {
           if (entryMatches(parsed, e)) socket.send(entryMessage(e));
         }
       };
+      // This copy was wiped (to be copied afresh, or removed): its history no longer continues
+      // what was sent. Close so the client reconnects with ?since= and gets a reset snapshot.
+      const onReset = (s: number) => {
+        if (s === shard) socket.close(1012, 'copy replaced; reconnect with since');
+      };
       // Subscribe and read in the same tick: every later commit reaches onChange.
       agent.changes.on('shard', onChange);
-      socket.on('close', () => agent.changes.off('shard', onChange));
+      agent.changes.on('reset', onReset);
+      socket.on('close', () => {
+        agent.changes.off('shard', onChange);
+        agent.changes.off('reset', onReset);
+      });
       const pos = agent.store.position(shard);
       const meta = agent.store.shardMeta(shard);
       sentSeq = pos.seq;
