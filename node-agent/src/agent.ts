@@ -54,6 +54,43 @@ export interface ShardRuntime {
 const RECENT_ENTRIES = 2048;
 const TRIM_EVERY_MS = 5000;
 
+/** What is wrong with a map from outside (shape and retry policy first, then consistency). */
+export function shardMapProblems(map: ShardMap): string[] {
+  const shape: string[] = [];
+  const p = map.retryPolicy as Partial<RetryPolicy> | undefined;
+  if (!p || typeof p !== 'object') shape.push('retryPolicy is missing');
+  else {
+    if (!Number.isInteger(p.maxAttempts) || p.maxAttempts! < 1)
+      shape.push('retryPolicy.maxAttempts must be an integer >= 1');
+    for (const f of ['initialBackoffMs', 'maxBackoffMs', 'timeoutMs'] as const)
+      if (typeof p[f] !== 'number' || !(p[f]! >= 0)) shape.push(`retryPolicy.${f} must be a number >= 0`);
+    if (typeof p.multiplier !== 'number' || !(p.multiplier >= 1))
+      shape.push('retryPolicy.multiplier must be >= 1');
+    if (typeof p.timeoutMs === 'number' && p.timeoutMs <= 0) shape.push('retryPolicy.timeoutMs must be > 0');
+  }
+  if (typeof map.clusterUid !== 'string') shape.push('clusterUid must be a string');
+  if (
+    !Array.isArray(map.agents) ||
+    map.agents.some((a) => !a || typeof a.name !== 'string' || typeof a.url !== 'string')
+  )
+    shape.push('agents must be [{ name, url }]');
+  if (
+    !Array.isArray(map.assignments) ||
+    map.assignments.some(
+      (a) =>
+        !a ||
+        typeof a.pivot !== 'string' ||
+        !Array.isArray(a.followers) ||
+        a.followers.some((f) => typeof f !== 'string'),
+    )
+  )
+    shape.push('assignments must be [{ shard, pivot, followers: [names] }]');
+  if (shape.length) return shape;
+  const problems = validateShardMap(map);
+  if (map.assignments.length !== map.shards) problems.push('a map needs one assignment per shard');
+  return problems;
+}
+
 export class Agent implements LinkHost {
   readonly name: string;
   readonly store: Store;
@@ -105,7 +142,7 @@ export class Agent implements LinkHost {
 
   /** Applies a map (operator push, cluster file, or the stored one at start). */
   async applyMap(next: ShardMap, source: string): Promise<void> {
-    const problems = validateShardMap(next);
+    const problems = shardMapProblems(next);
     if (problems.length) throw new ApiError(400, 'INVALID_SHARD_MAP', problems.join('; '));
     const cluster = this.map?.clusterUid || this.store.cluster;
     if (cluster && next.clusterUid !== cluster)

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import type { ShardMap } from '../../lib/shard-map.ts';
-import { Agent } from './agent.ts';
+import { Agent, shardMapProblems } from './agent.ts';
 import { ApiError } from './api/errors.ts';
 import { createMetrics } from './metrics.ts';
 import { CommitWaiters } from './replication/commit-waiters.ts';
@@ -171,4 +171,27 @@ describe('write concern', () => {
     expect(await refusal(d)).toBe('503 SHARD_UNAVAILABLE');
     expect(w.pending(0) + w.pending(1)).toBe(0);
   });
+});
+
+describe('shardMapProblems', () => {
+  const good = map(3);
+  it('accepts a consistent map', () => expect(shardMapProblems(good)).toEqual([]));
+  it.each([
+    ['no retry policy', { ...good, retryPolicy: undefined }],
+    ['zero attempts', { ...good, retryPolicy: { ...good.retryPolicy, maxAttempts: 0 } }],
+    ['a string timeout', { ...good, retryPolicy: { ...good.retryPolicy, timeoutMs: '2s' } }],
+    ['agents not a list', { ...good, agents: 'a,b' }],
+    [
+      'an assignment without followers',
+      { ...good, assignments: [{ shard: 0, pivot: 'me' }, good.assignments[1]] },
+    ],
+    ['a null assignment', { ...good, assignments: [null, good.assignments[1]] }],
+    ['missing assignments', { ...good, assignments: [] }],
+    [
+      'an unknown agent',
+      { ...good, assignments: [{ shard: 0, pivot: 'ghost', followers: [] }, good.assignments[1]] },
+    ],
+  ])('refuses %s', (_name, bad) =>
+    expect(shardMapProblems(bad as unknown as ShardMap).length).toBeGreaterThan(0),
+  );
 });
