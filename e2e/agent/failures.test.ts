@@ -2,7 +2,7 @@
 // repeated kill/restart cycles under load, a large catch-up, and a shard with every copy down.
 // Acknowledged writes are tracked and compared by content on every agent afterwards.
 import { describe, expect } from '@jest/globals';
-import { errorCode, waitFor, type Cluster, type Write, type WriteOutcome } from './harness.ts';
+import { errorCode, refused, waitFor, type Cluster, type Write, type WriteOutcome } from './harness.ts';
 import { useCluster } from './use-cluster.ts';
 
 /** Every acknowledged write is present with its data in the converged content. */
@@ -228,7 +228,7 @@ describe('seed 003 failures on 3 agents (4 shards, rf 3, majority)', () => {
       })),
     );
     const outcomes = await c.writeAll(writes, 32);
-    expect(outcomes.filter((o) => o.status !== 200).slice(0, 5)).toEqual([]);
+    expect(refused(outcomes)).toEqual([]);
     const pivotPositions = new Map(
       (await c.status(live[0]!)).shards.map((s) => [s.shard, s.position] as const),
     );

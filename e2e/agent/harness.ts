@@ -988,6 +988,14 @@ export function annotate(error: unknown, cluster: Cluster | undefined): unknown 
   return wrapped;
 }
 
+/** The first `limit` writes that were not acknowledged, one short line each (no values). */
+export function refused(outcomes: readonly WriteOutcome[], limit = 5): string[] {
+  return outcomes
+    .filter((o) => o.status !== 200)
+    .slice(0, limit)
+    .map((o) => `${o.key} via ${o.via}: ${o.status} ${o.reply.slice(0, 200)}`);
+}
+
 /** Runs `fn` over `items` with at most `limit` in flight; results keep the input order. */
 export async function mapLimit<T, R>(
   items: readonly T[],
