@@ -691,7 +691,8 @@ export class Cluster {
     if (!a.child || !a.exited) throw new Error(`${name} is not running`);
     const child = a.child;
     child.kill('SIGTERM');
-    const result = await Promise.race([a.exited, delay(timeoutMs).then(() => null)]);
+    // An unref'd timer: once the agent has exited it must not keep the test process alive.
+    const result = await Promise.race([a.exited, delay(timeoutMs, null, { ref: false })]);
     if (result === null) {
       child.kill('SIGKILL');
       await a.exited;

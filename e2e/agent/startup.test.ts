@@ -147,7 +147,10 @@ describe('npm start (local 3-agent cluster)', () => {
     expect((await b.list('local')).body.map((o) => o.data)).toEqual([{ from: 'npm start' }]);
 
     process.kill(child.pid!, 'SIGINT');
-    const code = await Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), 20_000))]);
+    const code = await Promise.race([
+      exited,
+      new Promise((r) => setTimeout(() => r('timeout'), 20_000).unref()),
+    ]);
     expect({ code, stderrTail: code === 0 ? '' : err.slice(-2000) }).toEqual({ code: 0, stderrTail: '' });
     // Every agent it started is gone.
     for (const url of urls)
