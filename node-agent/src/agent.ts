@@ -242,7 +242,12 @@ export class Agent implements LinkHost {
   }
 
   onStaleEpoch(theirEpoch: number): void {
-    this.observeEpoch(Math.max(theirEpoch, this.epoch() + 1));
+    this.observeEpoch(theirEpoch);
+  }
+
+  /** The newest epoch this agent knows of: its map's, or a newer one seen in traffic. */
+  newestEpoch(): number {
+    return Math.max(this.epoch(), this.seenEpoch);
   }
 
   private fenced(): boolean {
@@ -406,8 +411,13 @@ export class Agent implements LinkHost {
 
   // ---- follower side ----------------------------------------------------------------------
 
+  /**
+   * Refuses traffic older than any epoch seen, not only the applied map's: once a new pivot has
+   * asked for our position at epoch E, the old pivot (still at E − 1, like our map) is fenced.
+   */
   private checkEpoch(epoch: number): void {
-    if (epoch < this.epoch()) throw staleEpoch(epoch, this.epoch());
+    const newest = this.newestEpoch();
+    if (epoch < newest) throw staleEpoch(epoch, newest);
     this.observeEpoch(epoch);
   }
 

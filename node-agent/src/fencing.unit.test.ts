@@ -109,6 +109,13 @@ describe('fencing', () => {
     expect(await refusal(() => agent.writable(0))).toBe('503 SHARD_UNAVAILABLE');
   });
 
+  it('once a newer pivot asked for its position, a follower refuses the old pivot at its map epoch', async () => {
+    const agent = await agentWith(map(5, 'other', 2));
+    expect(await refusal(agent.handleBatch({ epoch: 5, from: 'other', items: [] }))).toBe('accepted');
+    agent.handlePosition({ epoch: 6, shard: 0 }); // the new pivot, before our map says so
+    expect(await refusal(agent.handleBatch({ epoch: 5, from: 'other', items: [] }))).toBe('409 STALE_EPOCH');
+  });
+
   it('refuses entries from an agent that is not the pivot at the same epoch', async () => {
     const agent = await agentWith(map(5));
     const answer = await agent.handleBatch({ epoch: 5, from: 'other', items: [{ shard: 0, pivotSeq: 1 }] });

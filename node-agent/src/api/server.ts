@@ -73,7 +73,7 @@ export async function buildServer(agent: Agent): Promise<FastifyInstance> {
       return reply
         .code(e.status)
         .type(MSGPACK)
-        .send(packr.pack({ ...errorBody(e.code, e.message), epoch: agent.epoch() }));
+        .send(packr.pack({ ...errorBody(e.code, e.message), epoch: agent.newestEpoch() }));
     return reply.code(e.status).send(errorBody(e.code, e.message));
   });
   app.setNotFoundHandler((req, reply) =>

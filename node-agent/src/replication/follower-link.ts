@@ -165,8 +165,13 @@ export class FollowerLink {
       if (this.closed) return false;
       const pe = peerError(error);
       if (pe?.code === 'STALE_EPOCH') {
+        if (epoch < this.host.epoch()) {
+          // Sent before our own map moved on: resend at the current epoch.
+          this.again = true;
+          return false;
+        }
         for (const w of this.confirmWaiters.splice(0)) w.reject(new Error(`${this.peer} has a newer epoch`));
-        this.host.onStaleEpoch((pe.body as { epoch?: number })?.epoch ?? epoch + 1);
+        this.host.onStaleEpoch(Math.max((pe.body as { epoch?: number })?.epoch ?? 0, epoch + 1));
         return false;
       }
       this.markDown(error);
