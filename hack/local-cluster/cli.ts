@@ -1,8 +1,9 @@
 // npm run cluster:up [-- --name N --nodes 3]   start a local cluster and print `export KUBECONFIG=…`
 // npm run cluster:down [-- --name N]           remove it (processes, namespaces, bridge, files)
 // node hack/local-cluster/cli.ts status [--name N]
+// node hack/local-cluster/cli.ts sweep                remove clusters whose owner process died (crashed test runs)
 import { parseArgs } from 'node:util';
-import { downCluster, isAlive, readState, startLocalCluster } from './cluster.ts';
+import { downCluster, isAlive, readState, startLocalCluster, sweepAbandonedClusters } from './cluster.ts';
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -16,6 +17,9 @@ if (command === 'up') {
   process.stdout.write(`export KUBECONFIG=${cluster.kubeconfigPath}\n`);
 } else if (command === 'down') {
   await downCluster(name, (l) => process.stderr.write(`[local-cluster] ${l}\n`));
+} else if (command === 'sweep') {
+  const swept = await sweepAbandonedClusters((l) => process.stderr.write(`[local-cluster] ${l}\n`));
+  process.stdout.write(swept.length ? `removed: ${swept.join(' ')}\n` : 'no abandoned clusters\n');
 } else if (command === 'status') {
   const state = await readState(name);
   if (!state) {
@@ -29,6 +33,6 @@ if (command === 'up') {
       process.stdout.write(`  ${p.role.padEnd(24)} pid ${p.pid} ${isAlive(p.pid) ? 'running' : 'DEAD'}\n`);
   }
 } else {
-  process.stderr.write('usage: cli.ts up|down|status [--name NAME] [--nodes N]\n');
+  process.stderr.write('usage: cli.ts up|down|status|sweep [--name NAME] [--nodes N]\n');
   process.exitCode = 2;
 }

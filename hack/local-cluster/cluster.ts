@@ -3,7 +3,7 @@
 // pods as local processes in their own network namespaces. Everything a cluster starts is recorded
 // in a state file so `downCluster` can clean up after a crashed run too.
 import { spawn } from 'node:child_process';
-import { existsSync, openSync, closeSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -139,12 +139,22 @@ function spawnDaemon(bin: string, args: string[], logFile: string): number {
   }
 }
 
+/** True while `pid` runs; a zombie (dead, not yet reaped by its parent) counts as gone. */
 export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch {
     return false;
+  }
+  const stat = readFileSyncOrEmpty(`/proc/${pid}/stat`);
+  return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+}
+
+function readFileSyncOrEmpty(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return '';
   }
 }
 
