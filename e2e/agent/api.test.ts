@@ -1,6 +1,7 @@
 // The public API (contract §3) against three real agents: seed 001's operation table, written at
 // the pivot and at a follower, and the seed edge cases. Every check compares content.
 import { describe, expect } from '@jest/globals';
+import fc from 'fast-check';
 import {
   errorCode,
   foldWatch,
@@ -585,6 +586,53 @@ describe('public API on a 3-agent cluster (4 shards, rf 3, majority)', () => {
       resumed.close();
     }
   });
+
+  test('random keys and bodies (fast-check): never a 5xx, errors in the JSON shape, accepted writes read back the same everywhere', async (c) => {
+    const segment = fc.oneof(
+      fc.string({ unit: 'grapheme', minLength: 0, maxLength: 12 }),
+      fc.constantFrom('*', '', 'a b', '%', '..', '.', '\u0007', '\u007f', 'x\u0000y', '/'),
+    );
+    const body = fc.oneof(
+      fc.json().map((text) => ({ text, json: true })),
+      fc.string({ maxLength: 40 }).map((text) => ({ text, json: false })),
+    );
+    const names = c.names();
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(segment, { minLength: 1, maxLength: 4 }),
+        body,
+        fc.boolean(),
+        fc.nat(2),
+        async (segments, { text }, push, via) => {
+          // Every segment percent-encoded, so `/` and `*` inside one reach the agent as %2F and *.
+          const urlKey = segments.map((seg) => encodeURIComponent(seg)).join('/');
+          const client = c.client(names[via]!);
+          const r = await client.raw(push ? 'POST' : 'PUT', `/v1/data/${urlKey}${push ? '/*' : ''}`, {
+            body: text,
+            headers: { 'content-type': 'application/json' },
+          });
+          expect({ urlKey, text, status: r.status < 500 ? 'no 5xx' : `${r.status} ${r.text}` }).toEqual({
+            urlKey,
+            text,
+            status: 'no 5xx',
+          });
+          if (r.status >= 400) {
+            errorCode(r);
+            return;
+          }
+          const stored = r.body as StoredObject;
+          expect(JSON.stringify(stored.data)).toBe(JSON.stringify(JSON.parse(text)));
+          const back = await c.client(names[(via + 1) % names.length]!).get(stored.key);
+          expect({ key: stored.key, status: back.status, data: JSON.stringify(back.body.data) }).toEqual({
+            key: stored.key,
+            status: 200,
+            data: JSON.stringify(stored.data),
+          });
+        },
+      ),
+      { numRuns: 150, interruptAfterTimeLimit: 20_000 },
+    );
+  }, 40_000);
 
   test('bad input never took an agent down', async (c) => {
     for (const name of c.names()) {
