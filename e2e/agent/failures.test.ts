@@ -196,7 +196,7 @@ describe('seed 003 failures on 3 agents (4 shards, rf 3, majority)', () => {
     const collections = c.map.assignments.map((a) => c.keyOnShard(a.shard, 'graceful'));
     const load = startWriters(c, collections);
     try {
-      for (const victim of ['agent-2', 'agent-0']) {
+      for (const victim of ['agent-2', 'agent-0', 'agent-1']) {
         await load.waitAcked(100, `100 acknowledged writes before stopping ${victim}`);
         expect({ victim, code: await c.stop(victim) }).toEqual({ victim, code: 0 });
         await load.waitAcked(30, `30 acknowledged writes while ${victim} is stopped`);
@@ -211,6 +211,25 @@ describe('seed 003 failures on 3 agents (4 shards, rf 3, majority)', () => {
     );
     expectSurvivors(content, load.outcomes);
   }, 90_000);
+
+  test('kill -9 of every agent at once: after restarting all, every acknowledged write is there', async (c) => {
+    const collections = c.map.assignments.map((a) => c.keyOnShard(a.shard, 'blackout'));
+    const writes: Write[] = collections.flatMap((coll, ci) =>
+      Array.from({ length: 50 }, (_, i) => ({
+        key: `${coll}/${i}`,
+        data: { ci, i },
+        via: c.names()[i % 3]!,
+      })),
+    );
+    const outcomes = await c.writeAll(writes);
+    expect(refused(outcomes)).toEqual([]);
+    await Promise.all(c.names().map((name) => c.kill9(name)));
+    await Promise.all(c.names().map((name) => c.restart(name)));
+    await c.waitWritable();
+    const content = await c.waitConverged(collections.map((k) => `${k}/*`));
+    expectAcknowledgedPresent(content, outcomes);
+    expect(content.size).toBe(writes.length);
+  });
 
   test('a follower that was down catches up a batch of 10,000 keys', async (c) => {
     const victim = 'agent-0';
