@@ -57,7 +57,16 @@ async function main() {
       process.exit(1);
     }, 15_000);
     try {
-      await app.close(); // stops accepting, waits for in-flight requests
+      // Stop accepting and wait for in-flight requests (their waits are bounded by the retry
+      // policy); connections still busy after the drain period are cut.
+      const drained = app.close();
+      const drainTimer = setTimeout(() => {
+        log.warn('requests still in flight after 5 s; closing their connections');
+        app.server.closeAllConnections();
+      }, 5000);
+      await drained;
+      clearTimeout(drainTimer);
+      log.info('requests drained');
       await agent.close();
       await store.close(); // flushes pending commits
       clearTimeout(force);
