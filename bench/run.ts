@@ -2,10 +2,11 @@
 // writeConcern majority) side by side with etcd (1 and 3 members) measured in the same run on the
 // same machine: PUT and GET throughput and latency, p99 at half the max PUT load, the catch-up of
 // a member that missed N writes, and memory (RSS). Numbers are reported, never asserted.
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
-import { Cluster, waitFor } from '../e2e/agent/harness.ts';
+import { Cluster, REPO_ROOT, waitFor } from '../e2e/agent/harness.ts';
 import { EtcdCluster, etcdPut, etcdRange, findEtcd } from './etcd.ts';
 import { runLoad, type LoadResult, type LoadSpec, type Request } from './load.ts';
 
@@ -369,7 +370,8 @@ function table(results: { label: string; row: Row }[]): string {
 async function main() {
   const etcd = findEtcd();
   const cpu = /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? cpus()[0]?.model;
-  console.log(`# Pivot benchmark ${new Date().toISOString()}`);
+  const commit = spawnSync('git', ['describe', '--always', '--dirty'], { cwd: REPO_ROOT, encoding: 'utf8' });
+  console.log(`# Pivot benchmark ${new Date().toISOString()}, commit ${commit.stdout.trim() || 'unknown'}`);
   console.log(
     `machine: ${cpus().length} CPUs (${cpu}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB RAM, node ${process.version}`,
   );
