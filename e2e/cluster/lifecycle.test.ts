@@ -12,7 +12,7 @@ import {
   sweepAbandonedClusters,
   type ClusterState,
 } from '../../hack/local-cluster/cluster.ts';
-import { isAlive, isReady, podHttp, waitFor, type Pod } from './kube.ts';
+import { isAlive, isReady, podHttp, testCluster, waitFor, type Pod } from './kube.ts';
 
 const name = `crash-${process.pid}`;
 
@@ -61,4 +61,33 @@ describe('local cluster lifecycle', () => {
     expect(bridges).not.toContain(`${state.bridge}:`);
     expect(existsSync(state.dir)).toBe(false);
   }, 180_000);
+
+  it("the stand-in's Nodes are Ready and untainted with their labels, and their Leases are renewed", async () => {
+    const { api, state } = testCluster();
+    interface Node {
+      metadata: { name: string; labels: Record<string, string> };
+      spec: { taints?: unknown[] };
+      status: { conditions: { type: string; status: string }[]; nodeInfo: { kubeletVersion: string } };
+    }
+    const nodes = (await api.call<{ items: Node[] }>('GET', '/api/v1/nodes')).items;
+    expect(nodes.map((n) => n.metadata.name).sort()).toEqual([...state.nodes].sort());
+    for (const n of nodes) {
+      expect(n.metadata.labels['kubernetes.io/hostname']).toBe(n.metadata.name);
+      expect(n.spec.taints ?? []).toEqual([]);
+      expect(n.status.conditions.find((c) => c.type === 'Ready')?.status).toBe('True');
+      expect(n.status.nodeInfo.kubeletVersion).toBe(state.kubernetesVersion);
+    }
+    const leasePath = `/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/${state.nodes[0]}`;
+    const first = await api.call<{ spec: { holderIdentity: string; renewTime: string } }>('GET', leasePath);
+    expect(first.spec.holderIdentity).toBe(state.nodes[0]);
+    await waitFor(
+      `the Lease of ${state.nodes[0]} to be renewed (every 10 s)`,
+      async () => {
+        const lease = await api.call<{ spec: { renewTime: string } }>('GET', leasePath);
+        return Date.parse(lease.spec.renewTime) > Date.parse(first.spec.renewTime) ? true : undefined;
+      },
+      30_000,
+      1000,
+    );
+  }, 45_000);
 });
