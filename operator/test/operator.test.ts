@@ -210,11 +210,15 @@ describe('PivotCluster lifecycle', () => {
     expect(await operator!.metrics()).toMatch(/leader_election_master_status\{name="pivot-operator"\} 1/);
 
     await operator!.kill9();
+    const leaderKilledAt = Date.now();
     await waitFor(
       async () =>
         (await env.coordination.readNamespacedLease({ name: 'pivot-operator', namespace: env.namespace }))
           .spec!.holderIdentity === standby.identity,
       { timeoutMs: 40_000, intervalMs: 250, message: 'the standby holds the lease' },
+    );
+    console.log(
+      `leader election: standby took the lease ${Date.now() - leaderKilledAt} ms after kill -9 of the leader`,
     );
     operator = standby;
     // The new leader reconciles: a scale-up is carried out.
@@ -232,6 +236,7 @@ describe('PivotCluster lifecycle', () => {
       await env.apps.readNamespacedStatefulSet({ name: 'scale', namespace: env.namespace })
     ).status!.updateRevision;
     await patchSpec(env, 'scale', { image: 'pivot/node-agent:0.1.0-rollout' });
+    const rolloutStart = Date.now();
     await waitFor(
       async () =>
         (await env.apps.readNamespacedStatefulSet({ name: 'scale', namespace: env.namespace })).status!
@@ -263,6 +268,7 @@ describe('PivotCluster lifecycle', () => {
       },
       { timeoutMs: 150_000, intervalMs: 200, message: failure('every agent on the new revision and stable') },
     );
+    console.log(`rolling update: 3 agents replaced one at a time in ${Date.now() - rolloutStart} ms`);
     const newPods = await agentPods(env, 'scale');
     for (const p of newPods) expect(p.metadata!.uid).not.toBe(oldUids.get(p.metadata!.name!));
     expect(concurrentlyDown).toBeLessThanOrEqual(1);
