@@ -46,7 +46,7 @@ export function imageRepository(image: string): string {
 
 export type ResolvedCommand = { ok: true; argv: string[]; cwd: string } | { ok: false; message: string };
 
-/** Docker semantics: command replaces the entry point, args replace the default args. */
+/** Kubernetes semantics: command replaces the entry point (and default args), args replace the default args. */
 export function resolveCommand(
   images: ImageMap,
   image: string,
@@ -62,6 +62,15 @@ export function resolveCommand(
       message: `image "${image}" has no local command in the local cluster's image map (known: ${known})`,
     };
   }
-  const argv = [...(command?.length ? command : mapped.entrypoint), ...(args ?? mapped.args ?? [])];
+  // A command without args drops the image's default args too (Kubernetes semantics).
+  const defaultArgs = command?.length ? [] : (mapped.args ?? []);
+  const argv = [...(command?.length ? command : mapped.entrypoint), ...(args ?? defaultArgs)];
   return { ok: true, argv, cwd: mapped.workingDir ?? REPO_ROOT };
+}
+
+/** `$(VAR)` references expand from the variables given; `$$` escapes to `$` (Kubernetes semantics). */
+export function expandReferences(text: string, vars: Record<string, string>): string {
+  return text.replace(/\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (all, name?: string) =>
+    all === '$$' ? '$' : name !== undefined && name in vars ? vars[name] : all,
+  );
 }

@@ -21,7 +21,7 @@ import {
 import { apiClient, ApiError, apiTime, microTime } from './api.ts';
 import { certPaths } from './certs.ts';
 import type { ClusterState } from './cluster.ts';
-import { resolveCommand } from './images.ts';
+import { expandReferences, resolveCommand } from './images.ts';
 import {
   clusterNetwork,
   createPodNetns,
@@ -226,13 +226,6 @@ function fieldValue(pod: V1Pod, path: string, ip: string): string {
   return fields[path] ?? '';
 }
 
-/** `$(VAR)` references expand from earlier variables; `$$(VAR)` escapes (Kubernetes semantics). */
-function expand(text: string, vars: Record<string, string>): string {
-  return text.replace(/\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (all, name?: string) =>
-    all === '$$' ? '$' : name !== undefined && name in vars ? vars[name] : all,
-  );
-}
-
 async function readKey(
   kind: 'configmaps' | 'secrets',
   ns: string,
@@ -271,7 +264,7 @@ async function containerEnv(pod: V1Pod, c: V1Container, ip: string): Promise<Rec
   }
   for (const e of c.env ?? []) {
     const vf = e.valueFrom;
-    if (!vf) env[e.name] = expand(e.value ?? '', env);
+    if (!vf) env[e.name] = expandReferences(e.value ?? '', env);
     else if (vf.fieldRef) env[e.name] = fieldValue(pod, vf.fieldRef.fieldPath, ip);
     else if (vf.resourceFieldRef) {
       const [kind, res] = vf.resourceFieldRef.resource.split('.');
@@ -469,7 +462,7 @@ class PodWorker {
       return;
     }
     const env = this.envByContainer.get(c.spec.name) ?? {};
-    const argv = resolved.argv.map((a) => expand(a, env));
+    const argv = resolved.argv.map((a) => expandReferences(a, env));
     const mounts = this.mountsByContainer.get(c.spec.name) ?? [];
     // Inside the pod's network namespace: own UTS namespace (hostname = pod name) and bind mounts of
     // the pod's volumes at their mountPaths (ip netns exec already gives a private mount namespace).
