@@ -33,12 +33,17 @@ async function mostCaughtUp(c: Cluster, shard: number, candidates: string[]): Pr
 
 /** Retries a write until the (new) pivot takes it; a map change applies asynchronously. */
 async function writeWhenServing(c: Cluster, via: string, key: string, data: unknown) {
+  let last = 'no answer yet';
   return waitFor(
     async () => {
       const r = await c.client(via).put(key, data);
+      last = `${r.status} ${r.text.slice(0, 300)}`;
       return r.status === 200 ? r : false;
     },
-    { timeoutMs: 15_000, message: `PUT ${key} via ${via} to be acknowledged after the map change` },
+    {
+      timeoutMs: 15_000,
+      message: () => `PUT ${key} via ${via} to be acknowledged after the map change (last: ${last})`,
+    },
   );
 }
 

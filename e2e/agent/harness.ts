@@ -685,6 +685,18 @@ export class Cluster {
     a.child.kill('SIGCONT');
   }
 
+  /**
+   * After a test: resume paused agents, restart stopped ones (newest map pushed) and wait until
+   * every shard takes writes again, so one failing test does not fail the ones after it.
+   */
+  async heal(): Promise<void> {
+    const down = this.names().filter((n) => !this.agents.get(n)!.child);
+    for (const name of this.running()) this.resume(name);
+    if (down.length === 0) return;
+    await Promise.all(down.map((name) => this.restart(name)));
+    await this.waitWritable();
+  }
+
   /** SIGTERM, then wait for a graceful exit; returns the exit code. */
   async stop(name: string, timeoutMs = 10_000): Promise<number | null> {
     const a = this.agent(name);

@@ -1,5 +1,5 @@
 // Jest wiring for the harness (kept apart so bench/ can import harness.ts outside jest).
-import { afterAll, beforeAll, it } from '@jest/globals';
+import { afterAll, afterEach, beforeAll, it } from '@jest/globals';
 import { annotate, closeConnections, Cluster, type ClusterOptions } from './harness.ts';
 
 /**
@@ -15,6 +15,9 @@ export function useCluster(options: ClusterOptions = {}, startTimeoutMs = 60_000
     await cluster?.teardown();
     await closeConnections();
   }, 30_000);
+  afterEach(async () => {
+    await cluster?.heal();
+  }, 60_000);
   const get = (): Cluster => {
     if (!cluster) throw new Error('cluster did not start (see the beforeAll failure)');
     return cluster;
