@@ -63,8 +63,15 @@ trap 'rm -rf "$STAGE"' EXIT
 build_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 needs() { for m in "${missing[@]}"; do [[ "$m" == "$1" ]] && return 0; done; return 1; }
 go_install() { # dir ldflags packages...
-  local dir="$1" ldflags="$2"; shift 2
-  (cd "$dir" && GOBIN="$STAGE" nice -n 10 go install -trimpath -ldflags "-s -w $ldflags" "$@")
+  local dir="$1" ldflags="$2" started=$SECONDS ticker rc=0; shift 2
+  # go install is silent for many minutes: a heartbeat shows the build is alive (CI logs too).
+  ( while sleep 60; do log "  … still compiling ($((SECONDS - started)) s)"; done ) &
+  ticker=$!
+  (cd "$dir" && GOBIN="$STAGE" nice -n 10 go install -trimpath -ldflags "-s -w $ldflags" "$@") || rc=$?
+  kill "$ticker" 2>/dev/null || true
+  wait "$ticker" 2>/dev/null || true
+  [[ $rc -eq 0 ]] || die "go install in $dir failed (exit $rc)"
+  log "  done in $((SECONDS - started)) s"
 }
 
 if needs kube-apiserver || needs kube-controller-manager || needs kube-scheduler || needs kubectl; then
@@ -78,7 +85,6 @@ if needs kube-apiserver || needs kube-controller-manager || needs kube-scheduler
   [[ "${PIVOT_BUILD_KUBECTL:-}" == 1 ]] && pkgs+=(k8s.io/kubernetes/cmd/kubectl)
   log "building Kubernetes $K8S_VERSION (${pkgs[*]##*/}) — cold builds take tens of minutes on 2 cores"
   go_install "$HACK_DIR/k8s/kubernetes" "$ld" "${pkgs[@]}"
-  log "Kubernetes done"
 fi
 
 if needs etcd; then
@@ -86,13 +92,11 @@ if needs etcd; then
   go_install "$HACK_DIR/k8s/etcd" "-X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION" go.etcd.io/etcd/server/v3
   # go install names a /v3 main package after the element before the major-version suffix: 'server'.
   mv "$STAGE/server" "$STAGE/etcd"
-  log "etcd done"
 fi
 
 if needs helm; then
   log "building Helm $HELM_VERSION"
   go_install "$HACK_DIR/k8s/helm" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" helm.sh/helm/v3/cmd/helm
-  log "Helm done"
 fi
 
 # Swap the complete set in atomically so a concurrent reader never sees a half-built directory.
