@@ -284,6 +284,33 @@ describe('failover by map change (3 agents, 4 shards, rf 3, majority)', () => {
     for (const name of c.names()) expect((await c.client(name).get(key)).body.data).toBe('new');
   }, 60_000);
 
+  test('promoting the least caught-up follower right after both followers restarted keeps every majority-acknowledged write', async (c) => {
+    const shard = c.shardWhere('agent-2', 'pivot')!;
+    const pivot = c.pivotOf(shard);
+    const [ahead, behind] = c.followersOf(shard) as [string, string];
+    const coll = c.keyOnShard(shard, 'cold-laggard');
+    c.pause(behind);
+    let acked: WriteOutcome[];
+    try {
+      acked = await c.writeAll(
+        Array.from({ length: 100 }, (_, i) => ({ key: `${coll}/${i}`, data: { i }, via: pivot })),
+      );
+    } finally {
+      c.resume(behind);
+    }
+    expect(refused(acked)).toEqual([]);
+    await c.kill9(pivot);
+    await c.kill9(ahead);
+    await c.kill9(behind);
+    await Promise.all([c.restart(ahead), c.restart(behind)]);
+    await c.pushMapOrThrow(c.promoteMap(shard, behind));
+    await writeWhenServing(c, ahead, `${coll}/after`, 'after');
+    await c.restart(pivot);
+    const content = await c.waitConverged([`${coll}/*`]);
+    expectAcknowledgedPresent(content, acked);
+    expect(content.size).toBe(101);
+  }, 60_000);
+
   test('promoting the least caught-up follower still keeps every majority-acknowledged write', async (c) => {
     const shard = c.shardWhere('agent-0', 'pivot')!;
     const pivot = c.pivotOf(shard);
