@@ -57,7 +57,8 @@ export const ZONE_LABEL = 'topology.kubernetes.io/zone';
 /** Read access to the informer caches. */
 export interface Caches {
   cluster(namespace: string, name: string): PivotCluster | undefined;
-  pods(namespace: string): readonly V1Pod[];
+  /** Agent pods of a namespace, or of every watched namespace when none is given. */
+  pods(namespace?: string): readonly V1Pod[];
   /** An owned child by kind (StatefulSet, Service, PodDisruptionBudget). */
   child(kind: string, namespace: string, name: string): KubernetesObject | undefined;
   node(name: string): V1Node | undefined;
@@ -318,6 +319,9 @@ export class PivotClusterReconciler {
         ];
       }),
     );
+    // Forget pods that no longer exist anywhere, so the map holds only live pods.
+    const live = new Set(this.d.caches.pods().map((p) => p.metadata!.uid!));
+    for (const uid of this.firstSeenNotReady.keys()) if (!live.has(uid)) this.firstSeenNotReady.delete(uid);
     return new Map(entries);
   }
 
