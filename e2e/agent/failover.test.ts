@@ -304,6 +304,8 @@ describe('failover by map change (3 agents, 4 shards, rf 3, majority)', () => {
     await c.kill9(behind);
     await Promise.all([c.restart(ahead), c.restart(behind)]);
     await c.pushMapOrThrow(c.promoteMap(shard, behind));
+    // Before any new write: the two live copies agree and hold every acknowledged write.
+    expectAcknowledgedPresent(await c.waitConverged([`${coll}/*`]), acked);
     await writeWhenServing(c, ahead, `${coll}/after`, 'after');
     await c.restart(pivot);
     const content = await c.waitConverged([`${coll}/*`]);
