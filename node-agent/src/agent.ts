@@ -21,6 +21,7 @@ import { FollowerLink, type LinkHost } from './replication/follower-link.ts';
 import {
   comparePositions,
   committedSeq,
+  extendsPivot,
   isPrefixOf,
   mostAdvanced,
   promotionQuorum,
@@ -257,13 +258,18 @@ export class Agent implements LinkHost {
   shardsFollowedBy(peer: string): number[] {
     if (!this.map || this.fenced()) return [];
     const out: number[] = [];
-    for (const a of this.map.assignments)
+    for (const a of this.map.assignments) {
+      // The runtime, not only the map: while a new map is being applied the runtime still shows
+      // the old role, and a new pivot streams to or judges followers only once it has taken over.
+      const rt = this.shards.get(a.shard);
       if (
         a.pivot === this.name &&
         a.followers.includes(peer) &&
-        this.shards.get(a.shard)?.state === 'serving'
+        rt?.role === 'pivot' &&
+        rt.state === 'serving'
       )
         out.push(a.shard);
+    }
     return out;
   }
 
@@ -455,6 +461,12 @@ export class Agent implements LinkHost {
         if (rt?.state === 'wiping') return answer({ refused: 'shard is being wiped' });
         if (this.copying.has(item.shard)) return answer();
         if (item.copy) {
+          const m = this.store.shardMeta(item.shard);
+          const last = item.pivotLast;
+          if (m.complete && last && extendsPivot(this.store.position(item.shard), last, item.pivotTerm ?? 0))
+            return answer({
+              refused: `this copy is ahead of pivot ${req.from} (term ${last.term}, seq ${last.seq}): not wiping it`,
+            });
           void this.copyFrom(req.from, item.shard, `${item.copy}: copy from pivot ${req.from}`);
           return answer({ copying: true });
         }

@@ -6,7 +6,7 @@ import { withRetry, type RetryPolicy } from '../../../lib/retry.ts';
 import type { Metrics } from '../metrics.ts';
 import type { LogEntry } from '../storage/records.ts';
 import type { Store } from '../storage/store.ts';
-import { decideCatchUp, termAt } from './history.ts';
+import { decideCatchUp, newestTerm, termAt } from './history.ts';
 import type { BatchAnswer, BatchItem, BatchRequest } from './protocol.ts';
 import { peerError, type PeerClient } from './transport.ts';
 
@@ -19,6 +19,8 @@ export interface FollowerProgress {
   copyAsked: boolean;
   /** A copy to ask for in the next batch, with its reason. */
   copyReason?: string;
+  /** The follower is ahead of this pivot: polled, never streamed to or wiped. */
+  ahead?: boolean;
 }
 
 /** What a link needs from its agent. */
@@ -113,8 +115,10 @@ export class FollowerLink {
         }
         p.mode = 'probe'; // trimmed meanwhile: decide again
       }
-      if (p.mode === 'copy' && p.copyReason) items.push({ shard, pivotSeq, copy: p.copyReason });
-      else if (p.mode === 'probe' || p.mode === 'copy' || !p.serving) items.push({ shard, pivotSeq });
+      if (p.mode === 'copy' && p.copyReason) {
+        const pivotTerm = newestTerm(store.shardMeta(shard).history);
+        items.push({ shard, pivotSeq, copy: p.copyReason, pivotLast: store.position(shard), pivotTerm });
+      } else if (p.mode === 'probe' || p.mode === 'copy' || !p.serving) items.push({ shard, pivotSeq });
     }
     return items;
   }
@@ -126,7 +130,10 @@ export class FollowerLink {
         this.again = false;
         const items = this.buildItems();
         const wantConfirm = this.confirmWaiters.length > 0;
-        const hasWork = items.some((i) => i.entries || i.copy || this.progressOf(i.shard).mode === 'probe');
+        const hasWork = items.some((i) => {
+          const p = this.progressOf(i.shard);
+          return i.entries || i.copy || (p.mode === 'probe' && !p.ahead);
+        });
         if (!hasWork && !wantConfirm) {
           if (items.length > 0) this.schedule(COPY_POLL_MS); // copies in progress: poll them
           break;
@@ -194,6 +201,8 @@ export class FollowerLink {
       if (sent?.copy) p.copyReason = undefined;
       p.applied = a.position.seq;
       p.serving = a.serving && !a.copying;
+      const wasAhead = p.ahead;
+      p.ahead = false;
       if (a.refused) {
         p.mode = 'probe';
         p.serving = false;
@@ -211,6 +220,14 @@ export class FollowerLink {
         });
         if (decision.mode === 'stream') {
           Object.assign(p, { mode: 'stream', next: decision.from, copyAsked: false });
+        } else if (decision.mode === 'hold') {
+          // Only a pivot still taking over (or a stale one) can be behind a follower: poll it.
+          if (!wasAhead)
+            this.host.log.warn(
+              { peer: this.peer, shard: a.shard, follower: a.position, pivot: store.position(a.shard) },
+              'follower is ahead of this pivot; not streaming to it or wiping it',
+            );
+          Object.assign(p, { mode: 'probe', serving: false, copyAsked: false, ahead: true });
         } else {
           this.host.log.info(
             { peer: this.peer, shard: a.shard, reason: decision.reason },

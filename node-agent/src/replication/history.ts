@@ -58,12 +58,29 @@ export function isPrefixOf(
 }
 
 export type CatchUp =
-  { mode: 'stream'; from: number } | { mode: 'snapshot'; reason: 'diverged' | 'trimmed' | 'incomplete' };
+  | { mode: 'stream'; from: number }
+  | { mode: 'snapshot'; reason: 'diverged' | 'trimmed' | 'incomplete' }
+  | { mode: 'hold'; reason: 'ahead' };
+
+/** The newest term a history has started (its own term, at a pivot that has taken over). */
+export function newestTerm(history: readonly TermStart[]): number {
+  return history[history.length - 1]?.term ?? 0;
+}
+
+/**
+ * A copy extends the pivot's history when it is further along in a term at least as new as the
+ * newest one the pivot has started: it holds writes (possibly acknowledged) the pivot lacks, so
+ * the pivot is behind it (still taking over, or stale) and must pull from it, never wipe it. A
+ * copy ahead only in an older term holds leftovers that the pivot's takeover superseded.
+ */
+export function extendsPivot(copy: Position, pivotLast: Position, pivotTerm: number): boolean {
+  return comparePositions(copy, pivotLast) > 0 && copy.term >= pivotTerm;
+}
 
 /**
  * How the pivot brings a follower up to date: stream its log from the follower's next seq when
  * the follower holds a prefix and the log still reaches back, else a snapshot (the follower
- * wipes its copy first).
+ * wipes its copy first). A follower that extends the pivot's history is held, never wiped.
  */
 export function decideCatchUp(input: {
   follower: Position;
@@ -73,6 +90,8 @@ export function decideCatchUp(input: {
   firstLogSeq: number;
 }): CatchUp {
   if (!input.followerComplete) return { mode: 'snapshot', reason: 'incomplete' };
+  if (extendsPivot(input.follower, input.pivotLast, newestTerm(input.pivotHistory)))
+    return { mode: 'hold', reason: 'ahead' };
   if (!isPrefixOf(input.follower, input.pivotHistory, input.pivotLast))
     return { mode: 'snapshot', reason: 'diverged' };
   const from = input.follower.seq + 1;

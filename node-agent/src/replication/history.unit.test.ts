@@ -4,6 +4,7 @@ import {
   appendTerm,
   committedSeq,
   decideCatchUp,
+  extendsPivot,
   isPrefixOf,
   mostAdvanced,
   promotionQuorum,
@@ -60,10 +61,16 @@ describe('log matching and catch-up', () => {
       expected: { mode: 'snapshot', reason: 'diverged' },
     },
     {
-      name: 'ahead of the pivot',
+      name: 'ahead of the pivot on its history (the pivot is still taking over): held, not wiped',
       follower: { term: 7, seq: 31 },
       first: 1,
-      expected: { mode: 'snapshot', reason: 'diverged' },
+      expected: { mode: 'hold', reason: 'ahead' },
+    },
+    {
+      name: 'in a term newer than any the pivot started (a stale pivot): held, not wiped',
+      follower: { term: 8, seq: 3 },
+      first: 1,
+      expected: { mode: 'hold', reason: 'ahead' },
     },
     {
       name: 'behind the trim point',
@@ -81,6 +88,51 @@ describe('log matching and catch-up', () => {
     expect(
       decideCatchUp({ follower, followerComplete: true, pivotHistory: H, pivotLast, firstLogSeq: first }),
     ).toEqual(expected);
+  });
+
+  it('wipes leftovers beyond the last entry once the pivot has started a newer term', () => {
+    expect(
+      decideCatchUp({
+        follower: { term: 7, seq: 31 },
+        followerComplete: true,
+        pivotHistory: [...H, { term: 9, start: 31 }],
+        pivotLast,
+        firstLogSeq: 1,
+      }),
+    ).toEqual({ mode: 'snapshot', reason: 'diverged' });
+  });
+
+  it('never tells a follower that extends the pivot history to wipe (property)', () => {
+    // The follower holds the pivot's history up to `pivotSeq`, then more in the same newest term.
+    fc.assert(
+      fc.property(fc.integer({ min: 21, max: 40 }), fc.integer({ min: 1, max: 40 }), (pivotSeq, extra) => {
+        const last = { term: 7, seq: pivotSeq };
+        const follower = { term: 7, seq: pivotSeq + extra };
+        expect(extendsPivot(follower, last, 7)).toBe(true);
+        const decision = decideCatchUp({
+          follower,
+          followerComplete: true,
+          pivotHistory: H,
+          pivotLast: last,
+          firstLogSeq: 1,
+        });
+        expect(decision).toEqual({ mode: 'hold', reason: 'ahead' });
+      }),
+    );
+  });
+
+  it.each([
+    { name: 'same position', copy: { term: 7, seq: 30 }, expected: false },
+    { name: 'behind', copy: { term: 4, seq: 15 }, expected: false },
+    { name: 'further in the same term', copy: { term: 7, seq: 31 }, expected: true },
+    { name: 'in a newer term', copy: { term: 8, seq: 2 }, expected: true },
+    {
+      name: 'further, but in a term older than the started one',
+      copy: { term: 4, seq: 40 },
+      expected: false,
+    },
+  ])('extendsPivot: $name', ({ copy, expected }) => {
+    expect(extendsPivot(copy, { term: 7, seq: 30 }, 7)).toBe(expected);
   });
 
   it('recopies a follower whose snapshot copy never finished', () => {

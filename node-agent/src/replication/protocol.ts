@@ -14,6 +14,9 @@ export interface BatchItem {
   entries?: LogEntry[];
   /** Asks the follower to wipe its copy and pull a snapshot from the sender; the reason. */
   copy?: string;
+  /** With `copy`: the pivot's last entry and newest term, so a follower ahead refuses the wipe. */
+  pivotLast?: Position;
+  pivotTerm?: number;
 }
 
 export interface BatchRequest {
