@@ -52,6 +52,29 @@ async function writeWhenServing(c: Cluster, via: string, key: string, data: unkn
  * write survives and every copy ends with the new pivot's content. With writeConcern `all` no write
  * can be acknowledged while a copy is down, so the writes after the change wait for the restart.
  */
+/**
+ * Writes 100 items through `pivot` while `frozen` (a follower) is SIGSTOPped, so they are
+ * acknowledged by the pivot and the other follower only; all must be acknowledged.
+ */
+async function writeWhileFrozen(
+  c: Cluster,
+  frozen: string,
+  pivot: string,
+  coll: string,
+): Promise<WriteOutcome[]> {
+  c.pause(frozen);
+  let acked: WriteOutcome[];
+  try {
+    acked = await c.writeAll(
+      Array.from({ length: 100 }, (_, i) => ({ key: `${coll}/${i}`, data: { i }, via: pivot })),
+    );
+  } finally {
+    c.resume(frozen);
+  }
+  expect(refused(acked)).toEqual([]);
+  return acked;
+}
+
 async function failoverKeepsAcknowledgedWrites(c: Cluster, pickNewPivot: 'most-caught-up' | 'last') {
   const shard = c.shardWhere('agent-0', 'pivot')!;
   const oldPivot = c.pivotOf(shard);
@@ -289,16 +312,7 @@ describe('failover by map change (3 agents, 4 shards, rf 3, majority)', () => {
     const pivot = c.pivotOf(shard);
     const [ahead, behind] = c.followersOf(shard) as [string, string];
     const coll = c.keyOnShard(shard, 'cold-laggard');
-    c.pause(behind);
-    let acked: WriteOutcome[];
-    try {
-      acked = await c.writeAll(
-        Array.from({ length: 100 }, (_, i) => ({ key: `${coll}/${i}`, data: { i }, via: pivot })),
-      );
-    } finally {
-      c.resume(behind);
-    }
-    expect(refused(acked)).toEqual([]);
+    const acked = await writeWhileFrozen(c, behind, pivot, coll);
     await c.kill9(pivot);
     await c.kill9(ahead);
     await c.kill9(behind);
@@ -318,17 +332,7 @@ describe('failover by map change (3 agents, 4 shards, rf 3, majority)', () => {
     const pivot = c.pivotOf(shard);
     const [ahead, behind] = c.followersOf(shard) as [string, string];
     const coll = c.keyOnShard(shard, 'laggard');
-    // `behind` is frozen, so these are acknowledged by the pivot and `ahead` only.
-    c.pause(behind);
-    let acked: WriteOutcome[];
-    try {
-      acked = await c.writeAll(
-        Array.from({ length: 100 }, (_, i) => ({ key: `${coll}/${i}`, data: { i }, via: pivot })),
-      );
-    } finally {
-      c.resume(behind);
-    }
-    expect(refused(acked)).toEqual([]);
+    const acked = await writeWhileFrozen(c, behind, pivot, coll);
     await c.kill9(pivot);
 
     const seqOf = async (name: string) =>
