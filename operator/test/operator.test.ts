@@ -1,6 +1,7 @@
 // The operator against a real control plane and real agents (processes run by the kubelet
 // stand-in): first assignment, failover after kill -9, scaling, restart mid-operation, leader
 // election, deletion. The tests share one cluster and run in order; each says what it needs.
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
 import { shardForKey } from '../../lib/hash.ts';
 import { copiesOf } from '../../lib/shard-map.ts';
@@ -99,6 +100,30 @@ describe('PivotCluster lifecycle', () => {
     }
   });
 
+  /** SIGKILLs each new process of `podName` until the returned function is called. */
+  function keepPodDown(podName: string, firstPid: number): () => Promise<void> {
+    let keep = true;
+    const loop = (async () => {
+      const killed = new Set([firstPid]);
+      while (keep) {
+        await sleep(100);
+        const current = (await agentPods(env, 'demo')).find((p) => p.metadata!.name === podName);
+        try {
+          const pid = processId(current!);
+          if (killed.has(pid)) continue;
+          killed.add(pid);
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // not started yet, or already gone
+        }
+      }
+    })();
+    return async () => {
+      keep = false;
+      await loop;
+    };
+  }
+
   it('kill -9 of a shard pivot → a follower is promoted, writes succeed, no acknowledged write is lost, the ex-pivot converges', async () => {
     const clients = await agentClients(env, 'demo');
     const acked = await writeKeys(clients.get('demo-0')!, 'before', 40);
@@ -109,6 +134,9 @@ describe('PivotCluster lifecycle', () => {
     const pod = (await agentPods(env, 'demo')).find((p) => p.metadata!.name === victim)!;
     const killedAt = Date.now();
     process.kill(processId(pod), 'SIGKILL');
+    // The kubelet restarts the agent after 1 s; one back and ready within the grace period is
+    // rightly not failed over. Kill every restart too until the operator has acted.
+    const stopKeeping = keepPodDown(victim, processId(pod));
 
     const after = await waitFor(
       async () => {
@@ -116,7 +144,7 @@ describe('PivotCluster lifecycle', () => {
         return pc.status!.assignments![shard]!.pivot !== victim ? pc : null;
       },
       { timeoutMs: 30_000, intervalMs: 100, message: failure(`a new pivot for shard ${shard}`) },
-    );
+    ).finally(stopKeeping);
     const promotedAfterMs = Date.now() - killedAt;
     expect(after.status!.epoch).toBeGreaterThan(before.status!.epoch!);
     expect(before.status!.assignments![shard]!.followers).toContain(after.status!.assignments![shard]!.pivot);
