@@ -36,6 +36,8 @@ export interface LocalClusterOptions {
   ownerPid?: number;
   /** Run hack/build-k8s.sh first (builds the binaries when missing); otherwise fail if they are. */
   build?: boolean;
+  /** Opt-in: the API server writes an audit event for every write request to `auditLogPath`. */
+  auditLog?: boolean;
   log?: (line: string) => void;
 }
 
@@ -63,6 +65,8 @@ export interface ClusterState {
   binDir: string;
   ownerPid?: number;
   processes: RecordedProcess[];
+  /** With the auditLog option: JSON lines, one audit event (level Metadata) per write request. */
+  auditLogPath?: string;
   /** True once every node is Ready and pods can be created. */
   ready: boolean;
 }
@@ -222,6 +226,7 @@ export async function startLocalCluster(opts: LocalClusterOptions = {}): Promise
     binDir,
     ownerPid: opts.ownerPid,
     processes: [],
+    ...(opts.auditLog ? { auditLogPath: join(dir, 'logs', 'audit.log') } : {}),
     ready: false,
   };
   await writeState(state);
@@ -262,7 +267,14 @@ export async function startLocalCluster(opts: LocalClusterOptions = {}): Promise
     );
     log('etcd healthy');
 
+    const audit: string[] = [];
+    if (state.auditLogPath) {
+      const policy = join(dir, 'audit-policy.yaml');
+      await writeFile(policy, AUDIT_WRITES_POLICY);
+      audit.push(`--audit-policy-file=${policy}`, `--audit-log-path=${state.auditLogPath}`);
+    }
     const apiserver = await start('kube-apiserver', join(binDir, 'kube-apiserver'), [
+      ...audit,
       `--etcd-servers=${etcdUrl}`,
       `--bind-address=${net.gateway}`,
       `--advertise-address=${net.gateway}`,
@@ -350,6 +362,16 @@ export async function startLocalCluster(opts: LocalClusterOptions = {}): Promise
     stop: () => downCluster(name, log),
   };
 }
+
+// Who wrote what, without request bodies: reads are not logged, and each write once, when answered.
+const AUDIT_WRITES_POLICY = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: None
+    verbs: [get, list, watch]
+  - level: Metadata
+`;
 
 // The upstream controllers a test cluster needs. node-lifecycle is left out on purpose: on a busy
 // 2-core machine it would taint and evict pods whose stand-in kubelet is a little late.

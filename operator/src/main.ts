@@ -12,6 +12,7 @@ import { pino } from 'pino';
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
+import { parseDuration } from '../../lib/retry.ts';
 import { KubeEventRecorder } from './core/events.ts';
 import { buildHttpServer } from './core/http.ts';
 import { LeaderElector } from './core/leader-election.ts';
@@ -36,6 +37,7 @@ const { values: flags } = parseArgs({
     'agent-image': { type: 'string' },
     'log-level': { type: 'string' },
     workers: { type: 'string' },
+    'resync-period': { type: 'string' },
   },
 });
 
@@ -52,7 +54,10 @@ const config = {
   agentImage: flags['agent-image'] ?? env.PIVOT_OPERATOR_AGENT_IMAGE ?? `pivot/node-agent:${version}`,
   logLevel: flags['log-level'] ?? env.PIVOT_OPERATOR_LOG_LEVEL ?? 'info',
   workers: Number(flags.workers ?? env.PIVOT_OPERATOR_WORKERS ?? 2),
+  resyncMs: parseDuration(flags['resync-period'] ?? env.PIVOT_OPERATOR_RESYNC_PERIOD ?? '30s'),
 };
+
+if (!(config.resyncMs >= 100)) throw new Error(`--resync-period must be at least 100ms`);
 
 const log = pino({
   level: config.logLevel,
@@ -71,6 +76,7 @@ async function main(): Promise<void> {
     log,
     metrics,
     workers: config.workers,
+    resyncMs: config.resyncMs,
   });
   const reconciler = new PivotClusterReconciler({
     caches: controller.caches(),
@@ -83,6 +89,7 @@ async function main(): Promise<void> {
     log,
     agentImage: config.agentImage,
     version,
+    resyncMs: config.resyncMs,
   });
 
   let elector: LeaderElector | null = null;

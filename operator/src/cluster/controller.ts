@@ -26,6 +26,8 @@ export interface ControllerOptions {
   log: Logger;
   metrics: Metrics;
   workers?: number;
+  /** How often every PivotCluster is re-queued; default RESYNC_MS. */
+  resyncMs?: number;
 }
 
 type AnyInformer = RestartingInformer<KubernetesObject>;
@@ -171,7 +173,7 @@ export class PivotClusterController {
     this.resyncTimer = setInterval(() => {
       for (const c of this.informers.get('pivotclusters')!.list())
         this.queue.add(`${c.metadata!.namespace}/${c.metadata!.name}`);
-    }, RESYNC_MS);
+    }, this.o.resyncMs ?? RESYNC_MS);
   }
 
   /** Stops taking work, waits for in-flight reconciles, stops the informers. */

@@ -75,6 +75,8 @@ export interface ReconcilerDeps {
   log: Logger;
   agentImage: string;
   version: string;
+  /** The longest a settled cluster waits for its next reconcile; default RESYNC_MS. */
+  resyncMs?: number;
   now?: () => number;
 }
 
@@ -82,11 +84,18 @@ export interface ReconcileResult {
   requeueAfterMs: number;
 }
 
-/** Deterministic JSON (sorted keys) to compare what we want with what is recorded. */
+/**
+ * Deterministic JSON (sorted keys) to compare what we want with what is recorded. A null field is
+ * left out: in a merge patch null clears the field, so the recorded object simply lacks it.
+ */
 function canonical(value: unknown): string {
   return JSON.stringify(value, (_k, v: unknown) =>
     v && typeof v === 'object' && !Array.isArray(v)
-      ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1)))
+      ? Object.fromEntries(
+          Object.entries(v)
+            .filter(([, field]) => field !== null)
+            .sort(([a], [b]) => (a < b ? -1 : 1)),
+        )
       : v,
   );
 }
@@ -508,7 +517,7 @@ export class PivotClusterReconciler {
       return BUSY_REQUEUE_MS;
     if (decision.refusal) return BUSY_REQUEUE_MS;
     // A pivot inside its grace period: look again exactly when it would expire.
-    let next = RESYNC_MS;
+    let next = this.d.resyncMs ?? RESYNC_MS;
     for (const a of assignments) {
       const h = pivotHealth(agents.get(a.pivot), now, spec.notReadyGraceMs, epoch);
       if (!h.failed && h.since !== null)
