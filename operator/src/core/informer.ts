@@ -1,16 +1,12 @@
 // client-node's informer stops for good on any error other than 410 Gone and client timeouts.
 // This wrapper restarts it with capped exponential backoff, so a flaky API server or an expired
-// token never leaves the controller blind.
-import { makeInformer } from '@kubernetes/client-node';
-import type {
-  Informer,
-  KubeConfig,
-  KubernetesObject,
-  ListPromise,
-  ObjectCache,
-} from '@kubernetes/client-node';
+// token never leaves the controller blind. It also makes stop() final: client-node's ListWatch
+// opens a new watch after a list or reconnect delay that was in flight when it was stopped.
+import { ListWatch, Watch } from '@kubernetes/client-node';
+import type { KubeConfig, KubernetesObject, ListPromise } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { Metrics } from './metrics.ts';
+import { realClock, type Clock } from './workqueue.ts';
 
 export interface InformerOptions<T extends KubernetesObject> {
   kubeConfig: KubeConfig;
@@ -26,28 +22,53 @@ export interface InformerOptions<T extends KubernetesObject> {
   onEvent: (obj: T) => void;
   minBackoffMs?: number;
   maxBackoffMs?: number;
+  /** Drives restart backoff and the watch reconnect delay (tests use a fake one). */
+  clock?: Clock;
 }
 
 export class RestartingInformer<T extends KubernetesObject> {
   private readonly o: InformerOptions<T>;
-  private readonly inner: Informer<T> & ObjectCache<T>;
+  private readonly clock: Clock;
+  private readonly inner: ListWatch<T>;
   private backoffMs: number;
-  private timer: NodeJS.Timeout | null = null;
+  /** Cancels of every pending timer: the restart, start()'s retry sleep, watch reconnect delays. */
+  private readonly timers = new Set<() => void>();
+  private restartPending = false;
   private stopped = false;
   private failedSinceStart = false;
   private hasSynced = false;
 
   constructor(options: InformerOptions<T>) {
     this.o = options;
+    this.clock = options.clock ?? realClock;
     this.backoffMs = options.minBackoffMs ?? 500;
-    this.inner = makeInformer(options.kubeConfig, options.path, options.list, options.labelSelector);
+    const watch = new Watch(options.kubeConfig);
+    // A watch requested or established after stop() is never opened or is aborted at once.
+    const gatedWatch = {
+      watch: async (...args: Parameters<Watch['watch']>) => {
+        if (this.stopped) return new AbortController();
+        const request = await watch.watch(...args);
+        if (this.stopped) request.abort();
+        return request;
+      },
+    } as Watch;
+    this.inner = new ListWatch(
+      options.path,
+      gatedWatch,
+      options.list,
+      false,
+      options.labelSelector,
+      undefined,
+      // After stop() a pending reconnect delay never resolves, so no watch follows it.
+      { delayFn: (ms) => new Promise((resolve) => this.after(ms, resolve)) },
+    );
     this.inner.on('add', options.onEvent);
     this.inner.on('update', options.onEvent);
     this.inner.on('delete', options.onEvent);
     this.inner.on('error', (err) => this.restartLater(err));
   }
 
-  /** Resolves once the first list has filled the cache (retrying until then). */
+  /** Resolves once the first list has filled the cache (retrying until then, or until stop()). */
   async start(): Promise<void> {
     this.stopped = false;
     while (!this.stopped) {
@@ -72,7 +93,7 @@ export class RestartingInformer<T extends KubernetesObject> {
         { err: error, resource: this.o.resource, delayMs: delay },
         'informer failed to list; retrying',
       );
-      await new Promise((r) => setTimeout(r, delay));
+      await new Promise<void>((resolve) => this.after(delay, resolve, resolve));
     }
   }
 
@@ -82,7 +103,8 @@ export class RestartingInformer<T extends KubernetesObject> {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
+    for (const cancel of [...this.timers]) cancel();
+    this.restartPending = false;
     await this.inner.stop();
   }
 
@@ -94,23 +116,37 @@ export class RestartingInformer<T extends KubernetesObject> {
     return this.inner.list(namespace);
   }
 
+  /** Runs fn after ms unless stop() comes first (then onCancel runs, if given). */
+  private after(ms: number, fn: () => void, onCancel?: () => void): void {
+    const cancelTimer = this.clock.schedule(() => {
+      this.timers.delete(cancel);
+      fn();
+    }, ms);
+    const cancel = () => {
+      this.timers.delete(cancel);
+      cancelTimer();
+      onCancel?.();
+    };
+    this.timers.add(cancel);
+  }
+
   private restartLater(err: unknown): void {
     this.failedSinceStart = true;
-    if (this.stopped || this.timer || !this.hasSynced) return;
+    if (this.stopped || this.restartPending || !this.hasSynced) return;
     const delay = this.nextBackoff();
     this.o.log.warn({ err, resource: this.o.resource, delayMs: delay }, 'informer stopped; restarting');
     this.o.metrics?.informerRestarts.inc({ resource: this.o.resource });
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      if (this.stopped) return;
+    this.restartPending = true;
+    this.after(delay, () => {
+      this.restartPending = false;
+      this.failedSinceStart = false;
       this.inner.start().then(
         () => {
           if (!this.failedSinceStart) this.backoffMs = this.o.minBackoffMs ?? 500;
         },
         (e: unknown) => this.restartLater(e),
       );
-      this.failedSinceStart = false;
-    }, delay);
+    });
   }
 
   private nextBackoff(): number {
