@@ -97,7 +97,9 @@ beforeEach(() => {
 
 const unhandled: unknown[] = [];
 const onUnhandled = (e: unknown) => unhandled.push(e);
-beforeEach(() => process.on('unhandledRejection', onUnhandled));
+beforeEach(() => {
+  process.on('unhandledRejection', onUnhandled);
+});
 afterEach(() => {
   process.off('unhandledRejection', onUnhandled);
   expect(unhandled.splice(0)).toEqual([]);
