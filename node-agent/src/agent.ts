@@ -14,6 +14,7 @@ import {
   type ShardMap,
 } from '../../lib/shard-map.ts';
 import { ApiError, staleEpoch, unavailable } from './api/errors.ts';
+import { Forwarder, type ForwarderHost } from './api/forward.ts';
 import type { AgentConfig } from './config.ts';
 import type { Metrics } from './metrics.ts';
 import { CommitWaiters } from './replication/commit-waiters.ts';
@@ -92,7 +93,7 @@ export function shardMapProblems(map: ShardMap): string[] {
   return problems;
 }
 
-export class Agent implements LinkHost {
+export class Agent implements LinkHost, ForwarderHost {
   readonly name: string;
   readonly store: Store;
   readonly metrics: Metrics;
@@ -105,6 +106,7 @@ export class Agent implements LinkHost {
   private readonly links = new Map<string, FollowerLink>();
   private readonly clients = new Map<string, PeerClient>();
   private readonly waiters = new CommitWaiters();
+  readonly forwarder: Forwarder = new Forwarder(this);
   private readonly recent = new Map<number, LogEntry[]>();
   private readonly copying = new Set<number>();
   /** Shards taking over as pivot, with the epoch each takeover is for. */
@@ -133,6 +135,10 @@ export class Agent implements LinkHost {
 
   policy(): RetryPolicy {
     return this.map!.retryPolicy;
+  }
+
+  callTimeoutMs(): number {
+    return this.policy().timeoutMs;
   }
 
   get ready(): boolean {

@@ -39,6 +39,11 @@ export function createMetrics() {
       labelNames: ['reason'] as const,
       registers,
     }),
+    forwarded: new Counter({
+      name: 'pivot_forwarded_requests_total',
+      help: 'Public requests other agents forwarded here as the pivot (in batches)',
+      registers,
+    }),
     retries: new Counter({
       name: 'pivot_retries_total',
       help: 'Retried agent-to-agent calls',

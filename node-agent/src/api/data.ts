@@ -1,6 +1,8 @@
 // Public data routes (contract §3): /v1/data/<key>. Any agent accepts any key; a write for a
-// shard this agent does not lead, or a strong read at a follower, is forwarded to the pivot.
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+// shard this agent does not lead, or a strong read at a follower, is forwarded to the pivot
+// (forward.ts batches them). `serveData` is the whole operation, request in, answer out, so the
+// HTTP route and the pivot's side of a forward batch run the same code.
+import type { FastifyInstance } from 'fastify';
 import { routingKey, parseKey, type ParsedKey } from '../../../lib/keys.ts';
 import { shardOfRoutingKey } from '../../../lib/hash.ts';
 import { withRetry } from '../../../lib/retry.ts';
@@ -15,10 +17,10 @@ import {
   type StoredRecord,
 } from '../storage/records.ts';
 import { ApiError, unavailable } from './errors.ts';
+import type { DataAnswer, DataRequest } from './forward.ts';
 
 export const MAX_VALUE_BYTES = 1 << 20;
 export const MAX_PAGE = 10_000;
-const FORWARDED = 'x-pivot-forwarded';
 const NEXT_AFTER = 'x-pivot-next-after';
 
 /** The key named by a request path after `prefix`, decoded segment by segment. */
@@ -76,126 +78,58 @@ type Decision =
 
 type Query = { limit?: string; after?: string; consistency?: string };
 
-export function dataRoutes(agent: Agent) {
-  return async (app: FastifyInstance) => {
-    const target = (req: FastifyRequest) => {
-      if (!agent.map) throw unavailable('this agent has no shard map yet');
-      const parsed = parseKey(keyFromUrl(req.url, '/v1/data/'));
-      const shard = shardOfRoutingKey(routingKey(parsed), agent.map.shards);
-      return { parsed, shard, rt: agent.shards.get(shard)! };
-    };
+const JSON_TYPE = { 'content-type': 'application/json; charset=utf-8' };
+const recordAnswer = (status: number, r: StoredRecord): DataAnswer => ({
+  status,
+  headers: JSON_TYPE,
+  body: recordJson(r),
+});
 
-    const forward = async (req: FastifyRequest, reply: FastifyReply, shard: number, pivot: string) => {
-      if (req.headers[FORWARDED])
-        throw unavailable(`this agent is not the pivot of shard ${shard} (maps are changing)`);
-      const client = agent.client(pivot);
-      if (!client || pivot === agent.name) throw unavailable(`no pivot reachable for shard ${shard}`);
-      const idempotent = req.method !== 'POST';
-      const res = await withRetry(
-        agent.policy(),
-        async (signal) => {
-          const r = await client.pool.request({
-            method: req.method as 'GET',
-            path: req.url,
-            signal,
-            headers: {
-              [FORWARDED]: String(agent.epoch()),
-              ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}),
-              ...(req.headers['if-match'] ? { 'if-match': req.headers['if-match'] } : {}),
-              ...(typeof req.body === 'string' ? { 'content-type': 'application/json' } : {}),
-            },
-            ...(typeof req.body === 'string' ? { body: req.body } : {}),
-          });
-          const body = Buffer.from(await r.body.arrayBuffer());
-          if (r.statusCode === 503 && idempotent)
-            throw new ApiError(503, 'SHARD_UNAVAILABLE', body.toString());
-          return { status: r.statusCode, headers: r.headers, body };
-        },
-        { onRetry: () => agent.metrics.retries.inc({ call: 'forward' }) },
-      ).catch((error: Error) => {
-        const last = (error.cause as ApiError | undefined) ?? error;
-        if (last instanceof ApiError) {
-          try {
-            const inner = JSON.parse(last.message) as { error: { message: string } };
-            throw unavailable(inner.error.message);
-          } catch (e) {
-            if (e instanceof ApiError) throw e;
-          }
-        }
-        throw unavailable(`pivot ${pivot} of shard ${shard} is unreachable: ${error.message}`);
-      });
-      for (const h of ['content-type', 'retry-after', NEXT_AFTER])
-        if (res.headers[h]) reply.header(h, res.headers[h]);
-      return reply.code(res.status).send(res.body);
-    };
+/** The query string of a URL as the flat object the handlers read (last value wins). */
+function queryOf(url: string): Query {
+  const q = url.indexOf('?');
+  return q < 0 ? {} : (Object.fromEntries(new URLSearchParams(url.slice(q + 1))) as Query);
+}
 
-    const sendRecord = (reply: FastifyReply, status: number, r: StoredRecord) =>
-      reply.code(status).type('application/json').send(recordJson(r));
+const etag = (h: string | undefined) =>
+  h
+    ?.trim()
+    .replace(/^W\//, '')
+    .replace(/^"(.*)"$/, '$1');
+const matches = (cur: StoredRecord | undefined, expected: string | undefined) =>
+  expected === undefined || (cur !== undefined && (expected === '*' || cur.version === expected));
 
-    const write = async (
-      reply: FastifyReply,
-      shard: number,
-      decide: (seq: number, term: number) => Decision | ApiError,
-    ) => {
-      agent.writable(shard);
-      const out = await agent.store.write<Decision | ApiError>(shard, (seq) => {
-        let rt;
-        try {
-          rt = agent.writable(shard);
-        } catch (error) {
-          return { refused: error as ApiError };
-        }
-        const d = decide(seq, rt.term);
-        if (d instanceof ApiError) return { refused: d };
-        const entry: LogEntry =
-          d.op === 'put'
-            ? {
-                term: rt.term,
-                seq,
-                op: 'put' as const,
-                key: d.record.key,
-                parent: d.record.parent,
-                index: d.record.index,
-                record: d.record,
-              }
-            : { term: rt.term, seq, op: 'del' as const, key: d.key, parent: d.parent, index: d.index };
-        return { entry, result: d };
-      });
-      if (out.result instanceof ApiError || !out.entry) throw out.result;
-      await agent.awaitWriteConcern(shard, out.entry!.seq);
-      if (out.result.op === 'put') return sendRecord(reply, out.result.status, out.result.record);
-      return reply.code(204).send();
-    };
+function single(parsed: ParsedKey) {
+  if (parsed.kind !== 'single')
+    throw new ApiError(
+      400,
+      'INVALID_KEY',
+      `${parsed.key} names a collection; use a key like ${parsed.collection}/<index>`,
+    );
+  return { parent: parsed.collection ?? '', index: parsed.index, key: parsed.key };
+}
 
-    const ifMatch = (req: FastifyRequest) => {
-      const h = req.headers['if-match'];
-      return h === undefined
-        ? undefined
-        : String(h)
-            .trim()
-            .replace(/^W\//, '')
-            .replace(/^"(.*)"$/, '$1');
-    };
-    const matches = (cur: StoredRecord | undefined, expected: string | undefined) =>
-      expected === undefined || (cur !== undefined && (expected === '*' || cur.version === expected));
+/**
+ * Serves one public data request. `forwarded` marks a request another agent sent here as the
+ * shard's pivot: it is never forwarded again (maps are changing; the sender retries).
+ */
+export async function serveData(agent: Agent, req: DataRequest, forwarded: boolean): Promise<DataAnswer> {
+  if (!agent.map) throw unavailable('this agent has no shard map yet');
+  const parsed = parseKey(keyFromUrl(req.url, '/v1/data/'));
+  const shard = shardOfRoutingKey(routingKey(parsed), agent.map.shards);
+  const rt = agent.shards.get(shard)!;
+  const toPivot = () => {
+    if (forwarded) throw unavailable(`this agent is not the pivot of shard ${shard} (maps are changing)`);
+    return forward(agent, req, shard, rt.pivot);
+  };
 
-    const single = (parsed: ParsedKey) => {
-      if (parsed.kind !== 'single')
-        throw new ApiError(
-          400,
-          'INVALID_KEY',
-          `${parsed.key} names a collection; use a key like ${parsed.collection}/<index>`,
-        );
-      return { parent: parsed.collection ?? '', index: parsed.index, key: parsed.key };
-    };
-
-    app.put('/v1/data/*', async (req, reply) => {
-      const { parsed, shard, rt } = target(req);
+  switch (req.method) {
+    case 'PUT': {
       const k = single(parsed);
       const data = jsonBody(req.body);
-      if (rt.role !== 'pivot') return forward(req, reply, shard, rt.pivot);
-      const expected = ifMatch(req);
-      return write(reply, shard, (seq, term) => {
+      if (rt.role !== 'pivot') return toPivot();
+      const expected = etag(req.ifMatch);
+      return write(agent, shard, (seq, term) => {
         const cur = agent.store.get(shard, k.parent, k.index);
         if (!matches(cur, expected))
           return new ApiError(
@@ -213,15 +147,13 @@ export function dataRoutes(agent: Agent) {
         };
         return { op: 'put', record, status: 200 };
       });
-    });
-
-    app.post('/v1/data/*', async (req, reply) => {
-      const { parsed, shard, rt } = target(req);
+    }
+    case 'POST': {
       if (parsed.kind !== 'collection')
         throw new ApiError(400, 'INVALID_KEY', `push needs a collection key ending in /*, got ${parsed.key}`);
       const data = jsonBody(req.body);
-      if (rt.role !== 'pivot') return forward(req, reply, shard, rt.pivot);
-      return write(reply, shard, (seq, term) => {
+      if (rt.role !== 'pivot') return toPivot();
+      return write(agent, shard, (seq, term) => {
         const now = nowNs();
         const index = pushIndex(now, seq);
         const record = {
@@ -235,32 +167,29 @@ export function dataRoutes(agent: Agent) {
         };
         return { op: 'put', record, status: 201 };
       });
-    });
-
-    app.delete('/v1/data/*', async (req, reply) => {
-      const { parsed, shard, rt } = target(req);
+    }
+    case 'DELETE': {
       const k = single(parsed);
-      if (rt.role !== 'pivot') return forward(req, reply, shard, rt.pivot);
-      const expected = ifMatch(req);
-      return write(reply, shard, () => {
+      if (rt.role !== 'pivot') return toPivot();
+      const expected = etag(req.ifMatch);
+      return write(agent, shard, () => {
         const cur = agent.store.get(shard, k.parent, k.index);
         if (!cur) return new ApiError(404, 'NOT_FOUND', `${k.key} does not exist`);
         if (!matches(cur, expected))
           return new ApiError(412, 'VERSION_MISMATCH', `current version is ${cur.version}`);
         return { op: 'del', ...k };
       });
-    });
-
-    app.get<{ Querystring: Query }>('/v1/data/*', async (req, reply) => {
-      const { parsed, shard, rt } = target(req);
-      const consistency = parseConsistency(req.query.consistency);
-      const page = parsed.kind === 'collection' ? parsePageQuery(req.query) : undefined;
+    }
+    case 'GET': {
+      const query = queryOf(req.url);
+      const consistency = parseConsistency(query.consistency);
+      const page = parsed.kind === 'collection' ? parsePageQuery(query) : undefined;
       if (consistency === 'strong') {
-        if (rt.role !== 'pivot') return forward(req, reply, shard, rt.pivot);
+        if (rt.role !== 'pivot') return toPivot();
         agent.writable(shard);
         await agent.confirmLeadership(shard);
       } else if (rt.role === 'none') {
-        return forward(req, reply, shard, rt.pivot); // no copy here
+        return toPivot(); // no copy here
       } else if (rt.state === 'wiping' || !agent.store.shardMeta(shard).complete) {
         // Local means this copy; a half-copied one would answer with holes.
         throw unavailable(`this agent's copy of shard ${shard} is being copied afresh`);
@@ -268,13 +197,104 @@ export function dataRoutes(agent: Agent) {
       if (parsed.kind === 'single') {
         const r = agent.store.get(shard, parsed.collection ?? '', parsed.index);
         if (!r) throw new ApiError(404, 'NOT_FOUND', `${parsed.key} does not exist`);
-        return sendRecord(reply, 200, r);
+        return recordAnswer(200, r);
       }
       const list = agent.store.list(shard, parsed.collection, page!.after, page!.limit);
       if (!list.found)
         throw new ApiError(400, 'INVALID_QUERY', `after names ${page!.after}, which is not in ${parsed.key}`);
-      if (list.more) reply.header(NEXT_AFTER, list.items[list.items.length - 1]!.index);
-      return reply.code(200).type('application/json').send(recordsJson(list.items));
+      const headers: Record<string, string> = { ...JSON_TYPE };
+      if (list.more) headers[NEXT_AFTER] = list.items[list.items.length - 1]!.index;
+      return { status: 200, headers, body: recordsJson(list.items) };
+    }
+  }
+}
+
+/** At the pivot: applies a write, then waits for its write concern. */
+async function write(
+  agent: Agent,
+  shard: number,
+  decide: (seq: number, term: number) => Decision | ApiError,
+): Promise<DataAnswer> {
+  agent.writable(shard);
+  const out = await agent.store.write<Decision | ApiError>(shard, (seq) => {
+    let rt;
+    try {
+      rt = agent.writable(shard);
+    } catch (error) {
+      return { refused: error as ApiError };
+    }
+    const d = decide(seq, rt.term);
+    if (d instanceof ApiError) return { refused: d };
+    const entry: LogEntry =
+      d.op === 'put'
+        ? {
+            term: rt.term,
+            seq,
+            op: 'put' as const,
+            key: d.record.key,
+            parent: d.record.parent,
+            index: d.record.index,
+            record: d.record,
+          }
+        : { term: rt.term, seq, op: 'del' as const, key: d.key, parent: d.parent, index: d.index };
+    return { entry, result: d };
+  });
+  if (out.result instanceof ApiError || !out.entry) throw out.result;
+  await agent.awaitWriteConcern(shard, out.entry.seq);
+  if (out.result.op === 'put') return recordAnswer(out.result.status, out.result.record);
+  return { status: 204 };
+}
+
+/**
+ * Sends the request to the shard's pivot and returns its answer. Failures and 503s (the pivot
+ * is changing) are retried on the retry policy, except for a push, which could apply twice.
+ */
+async function forward(agent: Agent, req: DataRequest, shard: number, pivot: string): Promise<DataAnswer> {
+  if (pivot === agent.name || !agent.client(pivot))
+    throw unavailable(`no pivot reachable for shard ${shard}`);
+  const idempotent = req.method !== 'POST';
+  let last: DataAnswer | undefined;
+  try {
+    const policy = agent.policy();
+    // A push is sent once: after a lost answer it may have been applied.
+    return await withRetry(
+      idempotent ? policy : { ...policy, maxAttempts: 1 },
+      async (signal) => {
+        const answer = await agent.forwarder.send(pivot, req, signal);
+        if (answer.status === 503 && idempotent) {
+          last = answer;
+          throw new Error(`pivot ${pivot} answered 503`);
+        }
+        return answer;
+      },
+      { onRetry: () => agent.metrics.retries.inc({ call: 'forward' }) },
+    );
+  } catch (error) {
+    if (last) return last; // the pivot's own 503, with its reason and Retry-After
+    throw unavailable(`pivot ${pivot} of shard ${shard} is unreachable: ${(error as Error).message}`);
+  }
+}
+
+export function dataRoutes(agent: Agent) {
+  return async (app: FastifyInstance) => {
+    app.route<{ Querystring: Query }>({
+      method: ['GET', 'PUT', 'POST', 'DELETE'],
+      url: '/v1/data/*',
+      handler: async (req, reply) => {
+        const h = req.headers['if-match'];
+        const answer = await serveData(
+          agent,
+          {
+            method: req.method as DataRequest['method'],
+            url: req.url,
+            ...(h !== undefined ? { ifMatch: String(h) } : {}),
+            ...(typeof req.body === 'string' ? { body: req.body } : {}),
+          },
+          false,
+        );
+        if (answer.headers) reply.headers(answer.headers);
+        return reply.code(answer.status).send(answer.body);
+      },
     });
   };
 }

@@ -3,13 +3,13 @@
 import websocket from '@fastify/websocket';
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { timingSafeEqual } from 'node:crypto';
-import { KeyError } from '../../../lib/keys.ts';
 import type { ShardMap } from '../../../lib/shard-map.ts';
 import type { Agent } from '../agent.ts';
 import type { BatchRequest } from '../replication/protocol.ts';
 import { MSGPACK, packr } from '../replication/transport.ts';
-import { dataRoutes, MAX_VALUE_BYTES } from './data.ts';
-import { ApiError, errorBody } from './errors.ts';
+import { dataRoutes, MAX_VALUE_BYTES, serveData } from './data.ts';
+import { ApiError, errorBody, toApiError } from './errors.ts';
+import { errorAnswer, type ForwardBatch, type ForwardBatchAnswer } from './forward.ts';
 import { watchRoutes } from './watch.ts';
 
 const OPEN_ROUTES = new Set(['/healthz', '/readyz', '/metrics']);
@@ -53,21 +53,14 @@ export async function buildServer(agent: Agent): Promise<FastifyInstance> {
   );
 
   app.setErrorHandler((error: FastifyError | Error, req, reply) => {
-    let e: ApiError;
-    if (error instanceof ApiError) e = error;
-    else if (error instanceof KeyError) e = new ApiError(400, 'INVALID_KEY', error.message);
-    else if ((error as FastifyError).code === 'FST_ERR_CTP_BODY_TOO_LARGE')
-      e = new ApiError(
-        413,
-        'VALUE_TOO_LARGE',
-        `request bodies are limited to ${MAX_VALUE_BYTES} bytes of value`,
-      );
-    else if ((error as FastifyError).statusCode && (error as FastifyError).statusCode! < 500)
-      e = new ApiError((error as FastifyError).statusCode!, 'BAD_REQUEST', error.message);
-    else {
-      req.log.error({ err: error }, 'request failed');
-      e = new ApiError(500, 'INTERNAL', 'internal error; see the agent log');
-    }
+    const e =
+      (error as FastifyError).code === 'FST_ERR_CTP_BODY_TOO_LARGE'
+        ? new ApiError(
+            413,
+            'VALUE_TOO_LARGE',
+            `request bodies are limited to ${MAX_VALUE_BYTES} bytes of value`,
+          )
+        : toApiError(error, req.log);
     if (e.retryAfterS !== undefined) reply.header('retry-after', String(e.retryAfterS));
     if (String(req.headers['content-type'] ?? '').startsWith(MSGPACK) && e.code === 'STALE_EPOCH')
       return reply
@@ -147,6 +140,18 @@ export async function buildServer(agent: Agent): Promise<FastifyInstance> {
       return reply.type(MSGPACK).send(packr.pack(out));
     });
   internal<BatchRequest>('batch', (b) => agent.handleBatch(b));
+  app.post('/_pivot/v1/forward', { bodyLimit: INTERNAL_BODY_LIMIT }, async (req, reply) => {
+    const batch = req.body as ForwardBatch | undefined;
+    if (!batch || typeof batch.epoch !== 'number' || !Array.isArray(batch.requests))
+      throw new ApiError(400, 'INVALID_BODY', 'forward bodies are MessagePack { epoch, from, requests }');
+    // The sender's map may be newer than ours: then we are fenced until it arrives here too.
+    agent.observeEpoch(batch.epoch);
+    const answers = await Promise.all(
+      batch.requests.map((r) => serveData(agent, r, true).catch((e: unknown) => errorAnswer(e, req.log))),
+    );
+    agent.metrics.forwarded.inc(batch.requests.length);
+    return reply.type(MSGPACK).send(packr.pack({ answers } satisfies ForwardBatchAnswer));
+  });
   internal<{ epoch: number; shard: number }>('position', (b) => agent.handlePosition(b));
   internal<{ epoch: number; shard: number; from: number; limit: number }>('log', (b) => agent.handleLog(b));
   internal<{ epoch: number; shard: number; after: (string | number)[] | null }>('snapshot', (b) =>

@@ -5,8 +5,11 @@
 //   log       [shard, seq]                        -> LogEntry (bounded, trimmed from the front)
 //   meta      ['shard', shard] -> ShardMeta, ['wipe', shard] -> WipeMarker, ['map'] -> ShardMap,
 //             ['node'] -> { clusterUid }, ['wipes'] -> WipeRecord[]
-// A write applies data + index + log entry + meta in one transaction; lmdb-js groups concurrent
-// transactions into one fsync'd commit, which is where write throughput comes from.
+// Every change goes through `commit`: changes queued together run as one transaction callback
+// (lmdb-js commits all callbacks of an event-loop turn together: group commit), and resolve only
+// when that transaction is on disk — `env.flushed`, because with lmdb-js's default
+// overlappingSync a resolved transaction is committed but not yet fsync'd. Commit and fsync run
+// on lmdb-js's write thread, so a slow disk never blocks the event loop.
 import { open, type Database, type RootDatabase } from 'lmdb';
 import type { ShardMap } from '../../../lib/shard-map.ts';
 import { appendTerm, type Position, type TermStart } from '../replication/history.ts';
@@ -37,6 +40,13 @@ export interface WipeRecord {
 }
 
 type Key = (string | number)[];
+
+interface QueuedChange {
+  /** Runs inside the shared transaction; returns the entries it applied per shard and its result. */
+  apply: () => { applied?: [number, LogEntry[]]; result: unknown };
+  resolve: (result: unknown) => void;
+  reject: (error: Error) => void;
+}
 const WIPE_CHUNK = 2000;
 const MAX_WIPE_RECORDS = 100;
 const created20 = (ns: bigint) => ns.toString().padStart(20, '0');
@@ -53,6 +63,9 @@ export class Store {
   private clusterUid = '';
   /** Called after each commit with the entries it made durable, in order. */
   onCommitted: (shard: number, entries: LogEntry[]) => void = () => {};
+  private queue: QueuedChange[] = [];
+  /** Batches are delivered (afterCommit, resolve) in commit order. */
+  private delivered: Promise<void> = Promise.resolve();
 
   private constructor(path: string) {
     this.env = open({ path, maxDbs: 8 });
@@ -68,9 +81,7 @@ export class Store {
    */
   static async open(path: string, clusterUid: string): Promise<{ store: Store; foreignWiped: number[] }> {
     const store = new Store(path);
-    for (const { key, value } of store.meta.getRange({ start: ['shard'], end: ['shard', Infinity] })) {
-      store.metas.set(key[1] as number, value as ShardMeta);
-    }
+    store.reloadMetas();
     for (const { key, value } of store.meta.getRange({ start: ['wipe'], end: ['wipe', Infinity] })) {
       await store.wipeShard(
         key[1] as number,
@@ -84,17 +95,84 @@ export class Store {
         await store.wipeShard(m.shard, `data belongs to cluster ${node.clusterUid}, not ${clusterUid}`);
         foreignWiped.push(m.shard);
       }
-      await store.meta.remove(['map']);
+      await store.commit(() => store.meta.remove(['map']));
     }
     store.clusterUid = clusterUid;
-    if (!node || node.clusterUid !== clusterUid) await store.meta.put(['node'], { clusterUid });
+    if (!node || node.clusterUid !== clusterUid)
+      await store.commit(() => store.meta.put(['node'], { clusterUid }));
     for (const m of store.metas.values()) store.durable.set(m.shard, m.seq);
     return { store, foreignWiped };
   }
 
   async close(): Promise<void> {
+    this.commitQueued();
+    await this.delivered;
     await this.env.flushed;
     await this.env.close();
+  }
+
+  /**
+   * Runs `fn` in a write transaction shared with every change queued in this event-loop turn;
+   * resolves once that transaction is committed and on disk. `fn` validates before it writes:
+   * a throw fails only its own change. A failed commit fails every change in it and reloads the
+   * cached shard metas, which may hold changes that never reached the disk.
+   */
+  private commit<T>(fn: () => T, applied?: (result: T) => [number, LogEntry[]] | undefined): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push({
+        apply: () => {
+          const result = fn();
+          return { result, applied: applied?.(result) };
+        },
+        resolve: resolve as (r: unknown) => void,
+        reject,
+      });
+      // lmdb-js itself holds the transaction open until the end of the event-loop turn, so
+      // batches queued by later callbacks of this turn join the same commit.
+      if (this.queue.length === 1) queueMicrotask(() => this.commitQueued());
+    });
+  }
+
+  private commitQueued(): void {
+    const batch = this.queue;
+    this.queue = [];
+    if (batch.length === 0) return;
+    const committed = this.env.transaction(() =>
+      batch.map((c) => {
+        try {
+          return c.apply();
+        } catch (error) {
+          return { error: error as Error };
+        }
+      }),
+    );
+    this.delivered = this.delivered.then(async () => {
+      let outcomes: Awaited<typeof committed>;
+      try {
+        outcomes = await committed;
+        await this.env.flushed;
+      } catch (error) {
+        this.reloadMetas();
+        for (const c of batch) c.reject(error as Error);
+        return;
+      }
+      for (let i = 0; i < batch.length; i++) {
+        const outcome = outcomes[i]!;
+        if ('error' in outcome) {
+          batch[i]!.reject(outcome.error);
+          continue;
+        }
+        if (outcome.applied) this.afterCommit(outcome.applied[0], outcome.applied[1]);
+        batch[i]!.resolve(outcome.result);
+      }
+    });
+  }
+
+  // After an aborted transaction the cached metas may hold changes that never committed.
+  private reloadMetas(): void {
+    this.metas.clear();
+    for (const { key, value } of this.meta.getRange({ start: ['shard'], end: ['shard', Infinity] }))
+      this.metas.set(key[1] as number, value as ShardMeta);
   }
 
   /** The cluster this data directory belongs to ('' when none was named). */
@@ -188,18 +266,17 @@ export class Store {
     shard: number,
     decide: (seq: number, meta: ShardMeta) => { entry: LogEntry; result: R } | { refused: R },
   ): Promise<{ entry?: LogEntry; result: R }> {
-    let made: LogEntry | undefined;
-    const result = await this.env.transaction(() => {
-      const m = this.shardMeta(shard);
-      const d = decide(m.seq + 1, m);
-      if ('refused' in d) return d.refused;
-      this.applyInTxn(m, d.entry);
-      this.meta.put(['shard', shard], m);
-      made = d.entry;
-      return d.result;
-    });
-    if (made) this.afterCommit(shard, [made]);
-    return { entry: made, result };
+    return this.commit(
+      () => {
+        const m = this.shardMeta(shard);
+        const d = decide(m.seq + 1, m);
+        if ('refused' in d) return { result: d.refused };
+        this.applyInTxn(m, d.entry);
+        this.meta.put(['shard', shard], m);
+        return { entry: d.entry, result: d.result };
+      },
+      (out) => (out.entry ? [shard, [out.entry]] : undefined),
+    );
   }
 
   /**
@@ -210,25 +287,31 @@ export class Store {
     shard: number,
     entries: readonly LogEntry[],
   ): Promise<{ applied: Position; gap: boolean }> {
-    const done: LogEntry[] = [];
-    const gap = await this.env.transaction(() => {
-      const m = this.shardMeta(shard);
-      for (const e of entries) {
-        if (e.seq <= m.seq) continue;
-        if (e.seq !== m.seq + 1) return true;
-        this.applyInTxn(m, e);
-        done.push(e);
-      }
-      if (done.length) this.meta.put(['shard', shard], m);
-      return false;
-    });
-    this.afterCommit(shard, done);
+    const { gap } = await this.commit(
+      () => {
+        const m = this.shardMeta(shard);
+        const done: LogEntry[] = [];
+        let gap = false;
+        for (const e of entries) {
+          if (e.seq <= m.seq) continue;
+          if (e.seq !== m.seq + 1) {
+            gap = true;
+            break;
+          }
+          this.applyInTxn(m, e);
+          done.push(e);
+        }
+        if (done.length) this.meta.put(['shard', shard], m);
+        return { done, gap };
+      },
+      (out) => [shard, out.done],
+    );
     return { applied: this.position(shard), gap };
   }
 
   /** Starts a new term at the next seq (a promoted pivot), durably. */
   async startTerm(shard: number, term: number): Promise<void> {
-    await this.env.transaction(() => {
+    await this.commit(() => {
       const m = this.shardMeta(shard);
       m.history = appendTerm(m.history, term, m.seq + 1);
       m.pivotTerm = term;
@@ -252,7 +335,7 @@ export class Store {
     const m = this.shardMeta(shard);
     if (keepFrom <= m.firstLogSeq) return;
     const upTo = Math.min(keepFrom, m.seq + 1);
-    await this.env.transaction(() => {
+    await this.commit(() => {
       for (const key of this.log.getKeys({ start: [shard, 0], end: [shard, upTo] })) this.log.remove(key);
       m.firstLogSeq = upTo;
       this.meta.put(['shard', shard], m);
@@ -288,7 +371,7 @@ export class Store {
    */
   async wipeShard(shard: number, reason: string): Promise<WipeRecord> {
     const record: WipeRecord = { shard, at: new Date().toISOString(), reason, completed: false };
-    await this.env.transaction(() => {
+    await this.commit(() => {
       this.meta.put(['wipe', shard], { reason });
       this.recordWipe(record);
     });
@@ -296,12 +379,12 @@ export class Store {
       for (;;) {
         const keys = [...db.getKeys({ start: [shard], end: [shard + 1], limit: WIPE_CHUNK })];
         if (keys.length === 0) break;
-        await this.env.transaction(() => {
+        await this.commit(() => {
           for (const k of keys) db.remove(k);
         });
       }
     }
-    await this.env.transaction(() => {
+    await this.commit(() => {
       this.meta.remove(['wipe', shard]);
       this.meta.remove(['shard', shard]);
       record.completed = true;
@@ -328,7 +411,7 @@ export class Store {
   /** Snapshot copy, step 1: wipe, and mark the copy incomplete until finishCopy. */
   async beginCopy(shard: number, reason: string): Promise<WipeRecord> {
     const w = await this.wipeShard(shard, reason);
-    await this.env.transaction(() => {
+    await this.commit(() => {
       const m = this.shardMeta(shard);
       m.complete = false;
       this.meta.put(['shard', shard], m);
@@ -338,7 +421,7 @@ export class Store {
 
   /** Snapshot copy, step 2 (repeated): objects as they were read at the source. */
   async copyRecords(shard: number, records: readonly StoredRecord[]): Promise<void> {
-    await this.env.transaction(() => {
+    await this.commit(() => {
       for (const r of records) {
         const old = this.data.get([shard, r.parent, r.index]);
         if (old) this.byCreated.remove([shard, old.parent, created20(old.created), old.index]);
@@ -358,7 +441,7 @@ export class Store {
     history: TermStart[],
     syncTarget = base.seq,
   ): Promise<void> {
-    await this.env.transaction(() => {
+    await this.commit(() => {
       const m = this.shardMeta(shard);
       Object.assign(m, {
         term: base.term,
@@ -378,7 +461,7 @@ export class Store {
   }
 
   async saveMap(map: ShardMap): Promise<void> {
-    await this.meta.put(['map'], map);
+    await this.commit(() => this.meta.put(['map'], map));
   }
 
   shardsWithData(): number[] {

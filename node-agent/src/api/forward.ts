@@ -1,0 +1,128 @@
+// Forwarding to a shard's pivot. The public requests an agent cannot serve itself (a write for a
+// shard it does not lead, a strong read at a follower) travel to the pivot in batches: every
+// request queued for one peer in an event-loop turn goes in one MessagePack call over the
+// peer's keep-alive pool, and each comes back with its own answer. One internal call per batch
+// instead of one HTTP request per client request is most of what a forwarded request costs.
+import type { FastifyBaseLogger } from 'fastify';
+import type { PeerClient } from '../replication/transport.ts';
+import { errorBody, toApiError } from './errors.ts';
+
+/** A public data request, as the receiving agent got it (auth already checked there). */
+export interface DataRequest {
+  method: 'GET' | 'PUT' | 'POST' | 'DELETE';
+  /** Path and query, e.g. `/v1/data/users/7?consistency=local`. */
+  url: string;
+  ifMatch?: string;
+  /** JSON text of a PUT or POST. */
+  body?: string;
+}
+
+export interface DataAnswer {
+  status: number;
+  headers?: Record<string, string>;
+  /** JSON text; absent for 204. */
+  body?: string;
+}
+
+export interface ForwardBatch {
+  epoch: number;
+  from: string;
+  requests: DataRequest[];
+}
+
+export interface ForwardBatchAnswer {
+  answers: DataAnswer[];
+}
+
+/** Most requests one forward call carries; more wait for the next call (no head-of-line giants). */
+const MAX_BATCH = 256;
+
+/** Any error thrown while serving a request, as the answer a client gets. */
+export function errorAnswer(error: unknown, log: FastifyBaseLogger): DataAnswer {
+  const e = toApiError(error, log);
+  return {
+    status: e.status,
+    headers: {
+      'content-type': 'application/json; charset=utf-8',
+      ...(e.retryAfterS !== undefined ? { 'retry-after': String(e.retryAfterS) } : {}),
+    },
+    body: JSON.stringify(errorBody(e.code, e.message)),
+  };
+}
+
+interface Pending {
+  request: DataRequest;
+  resolve: (a: DataAnswer) => void;
+  reject: (e: Error) => void;
+}
+
+export interface ForwarderHost {
+  readonly name: string;
+  epoch(): number;
+  client(peer: string): PeerClient | undefined;
+  /** Per-call timeout of the retry policy. */
+  callTimeoutMs(): number;
+}
+
+export class Forwarder {
+  private readonly host: ForwarderHost;
+  private readonly queues = new Map<string, Pending[]>();
+
+  constructor(host: ForwarderHost) {
+    this.host = host;
+  }
+
+  /**
+   * One attempt: the pivot's answer to `request`, or a rejection when the call failed (the
+   * caller's retry policy decides whether to try again). `signal` stops waiting, not the batch.
+   */
+  send(peer: string, request: DataRequest, signal?: AbortSignal): Promise<DataAnswer> {
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason as Error);
+      const onAbort = () => reject(signal!.reason as Error);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const settled =
+        <T>(f: (v: T) => void) =>
+        (v: T) => {
+          signal?.removeEventListener('abort', onAbort);
+          f(v);
+        };
+      let queue = this.queues.get(peer);
+      if (!queue) {
+        queue = [];
+        this.queues.set(peer, queue);
+        setImmediate(() => this.flush(peer));
+      }
+      queue.push({ request, resolve: settled(resolve), reject: settled(reject) });
+    });
+  }
+
+  private flush(peer: string): void {
+    const queue = this.queues.get(peer);
+    this.queues.delete(peer);
+    if (!queue) return;
+    for (let i = 0; i < queue.length; i += MAX_BATCH) void this.call(peer, queue.slice(i, i + MAX_BATCH));
+  }
+
+  private async call(peer: string, batch: Pending[]): Promise<void> {
+    try {
+      const client = this.host.client(peer);
+      if (!client) throw new Error(`unknown agent ${peer}`);
+      const body: ForwardBatch = {
+        epoch: this.host.epoch(),
+        from: this.host.name,
+        requests: batch.map((p) => p.request),
+      };
+      const { value } = await client.call<ForwardBatchAnswer>(
+        '/_pivot/v1/forward',
+        body,
+        AbortSignal.timeout(this.host.callTimeoutMs()),
+      );
+      if (value?.answers?.length !== batch.length)
+        throw new Error(`${peer} answered a forward batch of ${batch.length} with a malformed reply`);
+      batch.forEach((p, i) => p.resolve(value.answers[i]!));
+    } catch (error) {
+      for (const p of batch) p.reject(error as Error);
+    }
+  }
+}
