@@ -152,4 +152,180 @@ describe('placeShards', () => {
       pivots: 1,
     });
   });
+
+  // Spread versus balance (docs/decisions.md §15): spread wins up to a majority, balance beyond.
+  const onNodes = (prefix: string, nodes: string[]): PlacementAgent[] =>
+    nodes.map((node, i) => ({ name: `${prefix}-${i}`, node }));
+  const counts = (map: ShardAssignment[], agents: PlacementAgent[]) => {
+    const copies = new Map(agents.map((a) => [a.name, 0]));
+    const pivots = new Map(agents.map((a) => [a.name, 0]));
+    const perNode = new Map<string, number>();
+    for (const s of map) {
+      for (const c of copiesOf(s)) {
+        copies.set(c, copies.get(c)! + 1);
+        const node = agents.find((a) => a.name === c)!.node!;
+        perNode.set(node, (perNode.get(node) ?? 0) + 1);
+      }
+      pivots.set(s.pivot, pivots.get(s.pivot)! + 1);
+    }
+    return {
+      copies: [...copies.values()],
+      pivots: [...pivots.values()],
+      perNode: Object.fromEntries(perNode),
+    };
+  };
+  /** The most copies of one shard on one domain (`key` picks node or zone). */
+  const worstCrowding = (map: ShardAssignment[], agents: PlacementAgent[], key: 'node' | 'zone') =>
+    Math.max(
+      ...map.map((s) => {
+        const per = new Map<string | undefined, number>();
+        for (const c of copiesOf(s)) {
+          const d = agents.find((a) => a.name === c)![key];
+          per.set(d, (per.get(d) ?? 0) + 1);
+        }
+        return Math.max(...per.values());
+      }),
+    );
+  const spread = (xs: number[]) => Math.max(...xs) - Math.min(...xs);
+
+  it.each([
+    {
+      name: '5 agents on 3 nodes, rf 3: one copy per node; the lone agent on n3 holds every shard',
+      agents: onNodes('d', ['n1', 'n2', 'n3', 'n1', 'n2']),
+      rf: 3,
+      previous: undefined,
+      copies: [8, 8, 16, 8, 8],
+      perNode: { n1: 16, n2: 16, n3: 16 },
+      crowding: 1,
+    },
+    {
+      name: 'the same, grown from 3 agents on 3 nodes',
+      agents: onNodes('d', ['n1', 'n2', 'n3', 'n1', 'n2']),
+      rf: 3,
+      previous: 3,
+      copies: [8, 8, 16, 8, 8],
+      perNode: { n1: 16, n2: 16, n3: 16 },
+      crowding: 1,
+    },
+    {
+      name: 'grown from 3 agents on 2 nodes (co-located copies) onto a third node: spread repaired',
+      agents: onNodes('d', ['n1', 'n1', 'n2', 'n2', 'n3']),
+      rf: 3,
+      previous: 3,
+      copies: [8, 8, 8, 8, 16],
+      perNode: { n1: 16, n2: 16, n3: 16 },
+      crowding: 1,
+    },
+    {
+      name: '6 agents on 3 nodes, rf 3: spread and balance both met',
+      agents: onNodes('d', ['n1', 'n2', 'n3', 'n1', 'n2', 'n3']),
+      rf: 3,
+      previous: undefined,
+      copies: [8, 8, 8, 8, 8, 8],
+      perNode: { n1: 16, n2: 16, n3: 16 },
+      crowding: 1,
+    },
+    {
+      name: '5 agents on 2 nodes, rf 3: 2 + 1 copies per shard is the best spread; balance decides the rest',
+      agents: onNodes('d', ['n1', 'n1', 'n1', 'n2', 'n2']),
+      rf: 3,
+      previous: undefined,
+      copies: [9, 10, 10, 10, 9],
+      perNode: { n1: 29, n2: 19 },
+      crowding: 2,
+    },
+    {
+      name: '7 agents on 5 nodes, rf 5: up to 2 copies per node keep a majority, so balance wins beyond',
+      agents: onNodes('d', ['n1', 'n1', 'n1', 'n2', 'n3', 'n4', 'n5']),
+      rf: 5,
+      previous: undefined,
+      copies: [10, 11, 11, 12, 12, 12, 12],
+      perNode: { n1: 32, n2: 12, n3: 12, n4: 12, n5: 12 },
+      crowding: 2,
+    },
+  ])('16 shards: $name', ({ agents, rf, previous, copies, perNode, crowding }) => {
+    const before =
+      previous === undefined
+        ? undefined
+        : placeShards({ shards: 16, replicationFactor: rf, agents: agents.slice(0, previous) });
+    const map = placeShards({ shards: 16, replicationFactor: rf, agents, previous: before });
+    const got = counts(map, agents);
+    expect({
+      copies: got.copies,
+      perNode: got.perNode,
+      crowding: worstCrowding(map, agents, 'node'),
+    }).toEqual({
+      copies,
+      perNode,
+      crowding,
+    });
+    expect(spread(got.pivots)).toBeLessThanOrEqual(1);
+    // Stable: placing again from the result moves nothing.
+    expect(placeShards({ shards: 16, replicationFactor: rf, agents, previous: map })).toEqual(map);
+  });
+
+  /** Fewest copies of one shard on the most crowded domain that the domains' sizes allow. */
+  const bestCrowding = (agents: PlacementAgent[], key: 'node' | 'zone', rf: number) => {
+    const sizes = [...Map.groupBy(agents, (a) => a[key]).values()].map((g) => g.length);
+    const copies = Math.min(rf, agents.length);
+    for (let t = 1; ; t++) if (sizes.reduce((n, size) => n + Math.min(size, t), 0) >= copies) return t;
+  };
+  const arbTopology = (key: 'node' | 'zone') =>
+    fc
+      .record({
+        domains: fc.array(fc.integer({ min: 0, max: 4 }), { minLength: 1, maxLength: 9 }),
+        shards: fc.integer({ min: 1, max: 40 }),
+        rf: fc.integer({ min: 1, max: 5 }),
+      })
+      .map(({ domains, shards, rf }) => ({
+        agents: domains.map((d, i) => ({ name: `a-${i}`, [key]: `d${d}` }) as PlacementAgent),
+        shards,
+        rf,
+      }));
+
+  it.each(['node', 'zone'] as const)(
+    'spreads every shard across %ss as far as a majority needs and the topology allows, deterministically and stably',
+    (key) => {
+      fc.assert(
+        fc.property(arbTopology(key), ({ agents, shards, rf }) => {
+          const map = placeShards({ shards, replicationFactor: rf, agents });
+          const cap = Math.max(1, Math.floor((rf - 1) / 2));
+          expect(worstCrowding(map, agents, key)).toBeLessThanOrEqual(
+            Math.max(cap, bestCrowding(agents, key, rf)),
+          );
+          for (const s of map) expect(new Set(copiesOf(s)).size).toBe(Math.min(rf, agents.length));
+          expect(
+            spread(
+              counts(
+                map,
+                agents.map((a) => ({ ...a, node: a.node ?? a.zone })),
+              ).pivots,
+            ),
+          ).toBeLessThanOrEqual(1);
+          expect(placeShards({ shards, replicationFactor: rf, agents: [...agents].reverse() })).toEqual(map);
+          expect(placeShards({ shards, replicationFactor: rf, agents, previous: map })).toEqual(map);
+        }),
+      );
+    },
+  );
+
+  it('copy counts differ by at most 1 when every node has the same number of agents', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 5 }),
+        fc.integer({ min: 1, max: 3 }),
+        fc.integer({ min: 1, max: 48 }),
+        fc.integer({ min: 1, max: 5 }),
+        (nodes, perNode, shards, rf) => {
+          const agents = Array.from({ length: nodes * perNode }, (_, i) => ({
+            name: `a-${i}`,
+            node: `n${i % nodes}`,
+          }));
+          const got = counts(placeShards({ shards, replicationFactor: rf, agents }), agents);
+          expect(spread(got.copies)).toBeLessThanOrEqual(1);
+          expect(spread(got.pivots)).toBeLessThanOrEqual(1);
+        },
+      ),
+    );
+  });
 });
