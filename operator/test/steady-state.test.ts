@@ -3,6 +3,7 @@
 // every write request, including a server-side apply that changes nothing (which resourceVersions
 // would not show). The operator runs with a 2 s resync period so several resyncs fit the window.
 import { setTimeout as sleep } from 'node:timers/promises';
+import { PatchStrategy, PolicyV1Api, setHeaderOptions } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
 import { auditEvents, auditMark, serviceAccountIdentity, startAuditedEnv, writesBy } from './audit.ts';
 import type { Identity } from './audit.ts';
@@ -92,5 +93,40 @@ describe('an unchanged PivotCluster', () => {
     expect(writes).toEqual([]);
     // Nor does it push the map again to agents that already hold it.
     expect(await counter(operator!, MAP_PUSHES)).toBe(pushesBefore);
+  });
+
+  it('still gets back a field someone else changed on a child (the skip does not hide drift)', async () => {
+    const policy = env.kc.makeApiClient(PolicyV1Api);
+    const pdb = () => policy.readNamespacedPodDisruptionBudget({ name: NAME, namespace: env.namespace });
+    expect((await pdb()).spec?.maxUnavailable).toBe(1);
+    await policy.patchNamespacedPodDisruptionBudget(
+      { name: NAME, namespace: env.namespace, body: { spec: { maxUnavailable: 2 } } },
+      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+    );
+    await waitFor(async () => (await pdb()).spec?.maxUnavailable === 1, {
+      timeoutMs: 5 * RESYNC_MS,
+      message: 'the operator to set the PodDisruptionBudget back to maxUnavailable 1',
+    });
+  });
+
+  it('is left as it is by a restarted operator, which remembers nothing of its applies', async () => {
+    await operator!.stop();
+    const mark = await auditMark(auditLogPath);
+    operator = await OperatorProcess.start(
+      { ...env, kubeconfigPath: identity!.kubeconfigPath },
+      'op-steady-restarted',
+      false,
+    );
+    await sleep(RESYNCS * RESYNC_MS + 500); // the observation window itself, not a wait for something
+    const reconciled = await waitFor(
+      async () => {
+        const n = await counter(operator!, RECONCILES);
+        return n >= RESYNCS ? n : null;
+      },
+      { timeoutMs: 10_000, message: `${RESYNCS} reconciles after the restart` },
+    );
+    expect(reconciled).toBeGreaterThanOrEqual(RESYNCS);
+    expect(writesBy(await auditEvents(auditLogPath, mark), identity!.username)).toEqual([]);
+    await waitStable(env, NAME, 10_000, 'still Ready after the restart');
   });
 });

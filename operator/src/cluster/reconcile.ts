@@ -19,6 +19,7 @@ import { copiesOf, type AgentInfo, type ShardMap } from '../../../lib/shard-map.
 import type { EventRecorder } from '../core/events.ts';
 import type { Metrics } from '../core/metrics.ts';
 import type { AgentClient } from './agent-client.ts';
+import { canonical, childUpToDate, ownershipFingerprint, withAppliedHash } from './apply.ts';
 import {
   TOKEN_KEY,
   authSecretName,
@@ -84,22 +85,6 @@ export interface ReconcileResult {
   requeueAfterMs: number;
 }
 
-/**
- * Deterministic JSON (sorted keys) to compare what we want with what is recorded. A null field is
- * left out: in a merge patch null clears the field, so the recorded object simply lacks it.
- */
-function canonical(value: unknown): string {
-  return JSON.stringify(value, (_k, v: unknown) =>
-    v && typeof v === 'object' && !Array.isArray(v)
-      ? Object.fromEntries(
-          Object.entries(v)
-            .filter(([, field]) => field !== null)
-            .sort(([a], [b]) => (a < b ? -1 : 1)),
-        )
-      : v,
-  );
-}
-
 const statusCode = (e: unknown) => (e as { code?: number }).code;
 
 export class PivotClusterReconciler {
@@ -108,6 +93,7 @@ export class PivotClusterReconciler {
   /** Status we wrote, keyed by the resourceVersion it replaced: covers the cache lagging behind. */
   private readonly written = new Map<string, { replacedVersion: string; cluster: PivotCluster }>();
   private readonly tokens = new Map<string, string>();
+  /** Per child: the ownership fingerprint our last apply returned (apply.ts). */
   private readonly applied = new Map<string, string>();
   /** When this process first saw each pod (by UID) not ready. */
   private readonly firstSeenNotReady = new Map<string, number>();
@@ -417,7 +403,7 @@ export class PivotClusterReconciler {
     }
   }
 
-  /** Server-side apply of every child, skipped when neither the desired object nor the live one changed. */
+  /** Server-side apply of every child, skipped when the live one already is what we would apply. */
   private async applyChildren(cluster: PivotCluster, statefulSetReplicas: number): Promise<void> {
     const v = this.d.version;
     const children: KubernetesObject[] = [
@@ -425,15 +411,13 @@ export class PivotClusterReconciler {
       desiredClientService(cluster, v),
       desiredPodDisruptionBudget(cluster, v),
       desiredStatefulSet(cluster, { defaultImage: this.d.agentImage, version: v, statefulSetReplicas }),
-    ];
+    ].map(withAppliedHash);
     const namespace = cluster.metadata!.namespace!;
     const key = `${namespace}/${cluster.metadata!.name}`;
     for (const child of children) {
       const id = `${key}/${child.kind}/${child.metadata!.name}`;
-      const desired = canonical(child);
       const live = this.d.caches.child(child.kind!, namespace, child.metadata!.name!);
-      const liveVersion = live?.metadata?.resourceVersion ?? 'absent';
-      if (this.applied.get(id) === `${desired}@${liveVersion}`) continue;
+      if (childUpToDate(child, live, this.applied.get(id))) continue;
       const result = await this.d.objects.patch(
         child,
         undefined,
@@ -442,7 +426,7 @@ export class PivotClusterReconciler {
         true,
         PatchStrategy.ServerSideApply,
       );
-      this.applied.set(id, `${desired}@${result.metadata?.resourceVersion}`);
+      this.applied.set(id, ownershipFingerprint(result));
     }
   }
 
