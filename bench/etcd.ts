@@ -6,6 +6,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { freePort, REPO_ROOT, waitFor } from '../e2e/agent/harness.ts';
+import type { RequestTemplate } from './wrk.ts';
 
 export interface EtcdBinary {
   path: string;
@@ -183,5 +184,25 @@ export function etcdRange(origin: string, key: string, serializable = false) {
     path: '/v3/kv/range',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify(serializable ? { key: b64(key), serializable: true } : { key: b64(key) }),
+  };
+}
+
+/** The put / range requests for wrk: `{key}` is replaced by the base64 key. */
+export function etcdTemplate(op: 'put' | 'get' | 'getLocal', value: string): RequestTemplate {
+  const headers = { 'content-type': 'application/json' };
+  if (op === 'put')
+    return {
+      method: 'POST',
+      path: '/v3/kv/put',
+      headers,
+      body: `{"key":"{key}","value":"${b64(value)}"}`,
+      keyEncoding: 'base64',
+    };
+  return {
+    method: 'POST',
+    path: '/v3/kv/range',
+    headers,
+    body: op === 'get' ? '{"key":"{key}"}' : '{"key":"{key}","serializable":true}',
+    keyEncoding: 'base64',
   };
 }

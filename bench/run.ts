@@ -7,8 +7,9 @@ import { readFileSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
 import { Cluster, REPO_ROOT, waitFor } from '../e2e/agent/harness.ts';
-import { EtcdCluster, etcdPut, etcdRange, findEtcd } from './etcd.ts';
-import { runLoad, type LoadResult, type LoadSpec, type Request } from './load.ts';
+import { EtcdCluster, etcdPut, etcdRange, etcdTemplate, findEtcd } from './etcd.ts';
+import { runLoad, type LoadResult, type Request } from './load.ts';
+import { runWrk, wrkAvailable, type RequestTemplate } from './wrk.ts';
 
 const { values: flags } = parseArgs({
   options: {
@@ -18,6 +19,7 @@ const { values: flags } = parseArgs({
     concurrency: { type: 'string', default: '32' },
     'catchup-keys': { type: 'string' },
     only: { type: 'string' },
+    loadgen: { type: 'string' },
   },
 });
 
@@ -26,6 +28,10 @@ const phaseMs = 1000 * Number(flags.duration ?? (quick ? 1 : 10));
 const soakSeconds = Number(flags.soak ?? (quick ? 1 : 20));
 const concurrency = Number(flags.concurrency);
 const catchupKeys = Number(flags['catchup-keys'] ?? (quick ? 2_000 : 100_000));
+// wrk (C) drives the closed-loop phases when installed: the Node load generator costs the
+// servers' own CPU on a 2-core machine. `--loadgen=node` forces load.ts everywhere.
+const loadgen = flags.loadgen ?? (wrkAvailable() ? 'wrk' : 'node');
+if (loadgen !== 'wrk' && loadgen !== 'node') throw new Error('--loadgen must be wrk or node');
 const MAX_OPS = 2_000_000;
 
 // A 1 KB JSON document as the value (the same bytes go to etcd).
@@ -38,6 +44,8 @@ interface System {
   get(origin: string, key: string): Request;
   /** A read served from the receiving copy (`?consistency=local`, etcd `serializable`). */
   getLocal(origin: string, key: string): Request;
+  /** The same three requests for wrk, with `{key}` where the key goes. */
+  template(op: 'put' | 'get' | 'getLocal'): RequestTemplate;
   /** The system's processes now (a killed member is absent until restarted). */
   processes(): { name: string; pid: number }[];
   /** Kill -9 one copy, write `n` keys, restart it, and time until it has applied them all. */
@@ -98,10 +106,35 @@ function cpuSeconds(system: System): number {
 // USER_HZ: 100 on every Linux this runs on (getconf CLK_TCK).
 const CLOCK_TICKS_PER_SECOND = 100;
 
-/** Runs one load phase and adds the server CPU it cost per operation. */
-async function phase(system: System, spec: LoadSpec): Promise<LoadResult & { cpuMsPerOp: number }> {
+/**
+ * Runs one closed-loop phase and adds the server CPU it cost per operation. Request i uses key
+ * `${keyPrefix}${i}`, or one of the first `readOf` keys when reading back what was written.
+ */
+async function phase(
+  system: System,
+  op: 'put' | 'get' | 'getLocal',
+  keyPrefix: string,
+  readOf?: number,
+): Promise<LoadResult & { cpuMsPerOp: number; contiguousKeys?: number }> {
   const before = cpuSeconds(system);
-  const result = await runLoad(spec);
+  const t = system.targets;
+  const keyOf = (i: number) => `${keyPrefix}${readOf ? (i * 7919) % readOf : i}`;
+  const result =
+    loadgen === 'wrk'
+      ? await runWrk({
+          targets: t,
+          connections: concurrency,
+          durationMs: phaseMs,
+          template: system.template(op),
+          keyPrefix,
+          ...(readOf ? { modulo: readOf } : {}),
+        })
+      : await runLoad({
+          concurrency,
+          durationMs: phaseMs,
+          maxOps: MAX_OPS,
+          request: (i) => system[op](t[i % t.length]!, keyOf(i)),
+        });
   return { ...result, cpuMsPerOp: ((cpuSeconds(system) - before) * 1000) / Math.max(1, result.ops) };
 }
 
@@ -159,6 +192,19 @@ async function pivotSystem(replicationFactor: number): Promise<System> {
       path: `/v1/data/${key}?consistency=local`,
       headers: auth,
     }),
+    template: (op) =>
+      op === 'put'
+        ? {
+            method: 'PUT',
+            path: '/v1/data/{key}',
+            headers: { ...auth, 'content-type': 'application/json' },
+            body: VALUE,
+          }
+        : {
+            method: 'GET',
+            path: op === 'get' ? '/v1/data/{key}' : '/v1/data/{key}?consistency=local',
+            headers: auth,
+          },
     processes: () =>
       cluster.names().flatMap((name) => (cluster.pid(name) ? [{ name, pid: cluster.pid(name)! }] : [])),
     catchUp:
@@ -219,6 +265,7 @@ async function etcdSystem(members: number): Promise<System> {
     put: (origin, key) => etcdPut(origin, key, VALUE),
     get: (origin, key) => etcdRange(origin, key),
     getLocal: (origin, key) => etcdRange(origin, key, true),
+    template: (op) => etcdTemplate(op, VALUE),
     processes: () => etcd.pids.map((pid, i) => ({ name: `etcd-${i}`, pid })),
     catchUp:
       members === 3
@@ -254,25 +301,10 @@ async function measure(system: System): Promise<Row> {
   const loadAtStart = loadavg()[0]!;
   const rss = rssSampler(system);
   const t = system.targets;
-  const put = await phase(system, {
-    concurrency,
-    durationMs: phaseMs,
-    maxOps: MAX_OPS,
-    request: (i) => system.put(t[i % t.length]!, `k-${i}`),
-  });
-  const written = Math.max(1, put.ops);
-  const get = await phase(system, {
-    concurrency,
-    durationMs: phaseMs,
-    maxOps: MAX_OPS,
-    request: (i) => system.get(t[i % t.length]!, `k-${(i * 7919) % written}`),
-  });
-  const getLocal = await phase(system, {
-    concurrency,
-    durationMs: phaseMs,
-    maxOps: MAX_OPS,
-    request: (i) => system.getLocal(t[i % t.length]!, `k-${(i * 7919) % written}`),
-  });
+  const put = await phase(system, 'put', 'k-');
+  const written = Math.max(1, put.contiguousKeys ?? put.ops);
+  const get = await phase(system, 'get', 'k-', written);
+  const getLocal = await phase(system, 'getLocal', 'k-', written);
   const halfLoad = await runLoad({
     concurrency: concurrency * 4,
     durationMs: phaseMs,
@@ -376,7 +408,7 @@ async function main() {
     `machine: ${cpus().length} CPUs (${cpu}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB RAM, node ${process.version}`,
   );
   console.log(
-    `settings: ${phaseMs / 1000} s per phase, ${concurrency} connections, 1 KB JSON values, load generator in this process, loopback only`,
+    `settings: ${phaseMs / 1000} s per phase, ${concurrency} connections, 1 KB JSON values, loopback only; load: ${loadgen === 'wrk' ? 'wrk (one thread per member) for PUT/GET/GET local, ' : ''}the Node load generator in this process for the rest`,
   );
   console.log(
     etcd ? `etcd: ${etcd.version} from ${etcd.source} (${etcd.path})` : 'etcd: not found, Pivot only',
