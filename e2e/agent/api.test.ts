@@ -379,6 +379,21 @@ describe('public API on a 3-agent cluster (4 shards, rf 3, majority)', () => {
     }
   });
 
+  test('a queue consumer pages on after deleting the page it read (after= names a deleted pushed item)', async (c) => {
+    const client = c.client('agent-1');
+    const pushed: string[] = [];
+    for (let i = 0; i < 6; i++) pushed.push((await client.push('jobs', { job: i })).body.index);
+    const first = await client.list('jobs', { limit: 3 });
+    expect(first.body.map((o) => o.data)).toEqual([{ job: 0 }, { job: 1 }, { job: 2 }]);
+    for (const o of first.body) expect((await client.delete(`jobs/${o.index}`)).status).toBe(204);
+    const next = await client.list('jobs', { limit: 3, after: first.body[2]!.index });
+    expect(next.status).toBe(200);
+    expect(next.body.map((o) => o.index)).toEqual(pushed.slice(3));
+    // An index that never was a pushed item and does not exist still gets a clear 400.
+    const unknown = await client.list('jobs', { after: 'no-such-item' });
+    expect(unknown.status).toBe(400);
+  });
+
   test('collections are one level deep', async (c) => {
     const a = c.client('agent-1');
     for (const key of ['tree/a', 'tree/b', 'tree/a/x', 'tree/a/y', 'tree/a/x/deep'])

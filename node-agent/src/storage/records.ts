@@ -57,3 +57,9 @@ export function nowNs(): bigint {
 /** Push index: time-ordered, unique within the shard (the seq breaks ties), a valid key segment. */
 export const pushIndex = (ns: bigint, seq: number) =>
   `${ns.toString().padStart(20, '0')}-${seq.toString(36).padStart(8, '0')}`;
+
+/** The creation time a push index carries, or undefined when `index` is not one. */
+export function pushIndexCreated(index: string): bigint | undefined {
+  const m = /^(\d{20})-[0-9a-z]{8,}$/.exec(index);
+  return m ? BigInt(m[1]!) : undefined;
+}

@@ -13,7 +13,7 @@
 import { open, type Database, type RootDatabase } from 'lmdb';
 import type { ShardMap } from '../../../lib/shard-map.ts';
 import { appendTerm, type Position, type TermStart } from '../replication/history.ts';
-import type { LogEntry, StoredRecord } from './records.ts';
+import { pushIndexCreated, type LogEntry, type StoredRecord } from './records.ts';
 
 export interface ShardMeta {
   shard: number;
@@ -210,13 +210,17 @@ export class Store {
     return this.data.get([shard, parent, index]);
   }
 
-  /** Items of a collection, oldest `created` first, after the item named `after` (exclusive). */
+  /**
+   * Items of a collection, oldest `created` first, after the item named `after` (exclusive).
+   * A pushed item names its own creation time, so paging goes on after it was deleted (a queue
+   * consumer deletes what it read); any other `after` must still exist.
+   */
   list(shard: number, parent: string, after: string | undefined, limit: number) {
     let start: Key = [shard, parent, ''];
     if (after !== undefined) {
-      const from = this.get(shard, parent, after);
-      if (!from) return { found: false as const };
-      start = [shard, parent, created20(from.created), after];
+      const created = this.get(shard, parent, after)?.created ?? pushIndexCreated(after);
+      if (created === undefined) return { found: false as const };
+      start = [shard, parent, created20(created), after];
     }
     const items: StoredRecord[] = [];
     let more = false;

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Store } from './store.ts';
-import { versionOf, type LogEntry, type StoredRecord } from './records.ts';
+import { pushIndex, versionOf, type LogEntry, type StoredRecord } from './records.ts';
 
 const dirs: string[] = [];
 const tempDir = () => {
@@ -95,6 +95,30 @@ describe('Store', () => {
     });
     const after = store.list(0, 'col', undefined, 10);
     expect(after.found && after.items.map((r) => `${r.index}=${r.data}`)).toEqual(['a=1', 'c=0', 'b="new"']);
+    await store.close();
+  });
+
+  it('pages on after a pushed item that was deleted, since its index names its creation time', async () => {
+    const { store } = await Store.open(tempDir(), 'u');
+    const indexes = [100n, 200n, 300n, 400n].map((ns, i) => pushIndex(ns, i + 1));
+    for (const [i, idx] of indexes.entries()) {
+      await store.write(0, (seq) => {
+        const r = rec('q', idx, i, 1, seq, BigInt(100 * (i + 1)));
+        return { entry: put(1, seq, r), result: r };
+      });
+    }
+    const first = store.list(0, 'q', undefined, 2);
+    expect(first.found && first.items.map((r) => r.data)).toEqual(['0', '1']);
+    for (const idx of indexes.slice(0, 2)) {
+      await store.write(0, (seq) => ({
+        entry: { term: 1, seq, op: 'del', key: `q/${idx}`, parent: 'q', index: idx },
+        result: null,
+      }));
+    }
+    const next = store.list(0, 'q', indexes[1], 2);
+    expect(next.found && next.items.map((r) => r.data)).toEqual(['2', '3']);
+    // A deleted item that is not a push index cannot say where it was.
+    expect(store.list(0, 'q', 'not-a-push-index', 2).found).toBe(false);
     await store.close();
   });
 
