@@ -111,6 +111,8 @@ export class Agent implements LinkHost, ForwarderHost {
   private readonly copying = new Set<number>();
   /** Shards taking over as pivot, with the epoch each takeover is for. */
   private readonly establishing = new Map<number, number>();
+  /** Strong-read confirmation rounds about to start, per shard. */
+  private readonly readRounds = new Map<number, Promise<void>>();
   /** Local change feed for watchers: emits `shard` events with committed entries. */
   readonly changes = new EventEmitter();
   private trimTimer: NodeJS.Timeout | undefined;
@@ -658,11 +660,28 @@ export class Agent implements LinkHost, ForwarderHost {
     await wait;
   }
 
-  /** At the pivot: enough followers confirm our epoch after `now`, so no newer pivot acked anything we miss. */
-  async confirmLeadership(shard: number): Promise<void> {
+  /**
+   * At the pivot: enough followers confirm our epoch after the call, so no newer pivot acked
+   * anything we miss. Calls of one event-loop turn share one round, which starts after the last
+   * of them arrived; a call during a running round waits for the next.
+   */
+  confirmLeadership(shard: number): Promise<void> {
+    const copies = copiesOf(this.map!.assignments[shard]!).length;
+    if (readConfirmations(this.map!.writeConcern, copies) === 0) return Promise.resolve();
+    let round = this.readRounds.get(shard);
+    if (!round) {
+      round = new Promise<void>((started) => setImmediate(started)).then(() => {
+        this.readRounds.delete(shard);
+        return this.confirmRound(shard);
+      });
+      this.readRounds.set(shard, round);
+    }
+    return round;
+  }
+
+  private async confirmRound(shard: number): Promise<void> {
     const a = this.map!.assignments[shard]!;
     const need = readConfirmations(this.map!.writeConcern, copiesOf(a).length);
-    if (need === 0) return;
     const started = performance.now();
     const confirmations = a.followers.map((f) => this.linkTo(f).confirmAfter(started));
     let timer: NodeJS.Timeout | undefined;

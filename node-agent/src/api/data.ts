@@ -22,6 +22,7 @@ import type { DataAnswer, DataRequest } from './forward.ts';
 export const MAX_VALUE_BYTES = 1 << 20;
 export const MAX_PAGE = 10_000;
 const NEXT_AFTER = 'x-pivot-next-after';
+const HTTP_FORWARDED = 'x-pivot-forwarded';
 
 /** The key named by a request path after `prefix`, decoded segment by segment. */
 export function keyFromUrl(url: string, prefix: string): string {
@@ -290,7 +291,9 @@ export function dataRoutes(agent: Agent) {
             ...(h !== undefined ? { ifMatch: String(h) } : {}),
             ...(typeof req.body === 'string' ? { body: req.body } : {}),
           },
-          false,
+          // Agents before /_pivot/v1/forward forwarded over HTTP with this header: during a
+          // rolling update such a request must not be sent on again.
+          req.headers[HTTP_FORWARDED] !== undefined,
         );
         if (answer.headers) reply.headers(answer.headers);
         return reply.code(answer.status).send(answer.body);
