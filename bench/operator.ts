@@ -182,15 +182,24 @@ async function listClusters(env: TestEnv): Promise<PivotCluster[]> {
   return list.items;
 }
 
-/** ms from `since` until each named cluster was first seen Ready (listed every 250 ms). */
-async function timeToReady(env: TestEnv, names: string[], since: number): Promise<Map<string, number>> {
-  const ready = new Map<string, number>();
+interface Readiness {
+  /** ms from the start of the wait. */
+  ms: number;
+  /** Wall clock (Date.now()) when first seen Ready. */
+  at: number;
+}
+
+/** When each named cluster was first seen Ready (listed every 250 ms). */
+async function timeToReady(env: TestEnv, names: string[], since: number): Promise<Map<string, Readiness>> {
+  const ready = new Map<string, Readiness>();
   await waitFor(
     async () => {
-      const now = performance.now();
-      for (const pc of await listClusters(env))
+      const items = await listClusters(env);
+      const ms = performance.now() - since;
+      const at = Date.now();
+      for (const pc of items)
         if (names.includes(pc.metadata!.name!) && !ready.has(pc.metadata!.name!) && isReady(pc))
-          ready.set(pc.metadata!.name!, now - since);
+          ready.set(pc.metadata!.name!, { ms, at });
       return ready.size === names.length;
     },
     {
@@ -215,40 +224,80 @@ async function specChangeReaction(env: TestEnv, grace: string): Promise<number> 
   return performance.now() - t0;
 }
 
-/** kill -9 the probe's first pivot; ms until status records another pivot for every shard it led. */
-async function killReaction(env: TestEnv): Promise<number> {
-  const pc = await waitStable(env, PROBE, 180_000, 'probe Ready before a kill');
+/**
+ * kill -9 (or SIGSTOP: frozen, its sockets open but silent) the probe's first pivot; ms until status
+ * records another pivot for every shard it led. A frozen agent is let go (SIGCONT) afterwards.
+ */
+async function pivotLossReaction(env: TestEnv, signal: 'SIGKILL' | 'SIGSTOP'): Promise<number> {
+  const pc = await waitStable(env, PROBE, 180_000, `probe Ready before ${signal}`);
   const victim = pc.status!.assignments![0]!.pivot;
   const led = pc.status!.assignments!.filter((a) => a.pivot === victim).map((a) => a.shard);
   const pod = (await agentPods(env, PROBE)).find((p) => p.metadata!.name === victim);
   if (!pod) throw new Error(`no pod ${victim}`);
+  const pid = processId(pod);
   const t0 = performance.now();
-  process.kill(processId(pod), 'SIGKILL');
-  await waitFor(
-    async () => {
-      const now = (await getCluster(env, PROBE)).status?.assignments ?? [];
-      return led.every((s) => now.find((a) => a.shard === s)?.pivot !== victim);
-    },
-    { timeoutMs: REACTION_TIMEOUT_MS, intervalMs: 20, message: `a new pivot for shards ${led.join(', ')}` },
-  );
-  const ms = performance.now() - t0;
-  await waitStable(env, PROBE, 180_000, 'probe Ready after a kill');
-  return ms;
+  process.kill(pid, signal);
+  try {
+    await waitFor(
+      async () => {
+        const now = (await getCluster(env, PROBE)).status?.assignments ?? [];
+        return led.every((s) => now.find((a) => a.shard === s)?.pivot !== victim);
+      },
+      {
+        timeoutMs: REACTION_TIMEOUT_MS,
+        intervalMs: 20,
+        message: `a new pivot for shards ${led.join(', ')} after ${signal}`,
+      },
+    );
+    return performance.now() - t0;
+  } finally {
+    if (signal === 'SIGSTOP') {
+      try {
+        process.kill(pid, 'SIGCONT'); // its liveness probe may have had it killed already
+      } catch {
+        /* gone */
+      }
+    }
+    await waitStable(env, PROBE, 180_000, `probe Ready after ${signal}`);
+  }
 }
 
 let graceChanges = 0;
 
-async function reactions(env: TestEnv, repeats: number): Promise<{ spec: number[]; kill: number[] }> {
-  const spec: number[] = [];
-  const kill: number[] = [];
+interface Reactions {
+  spec: number[];
+  kill: number[];
+  freeze: number[];
+}
+
+async function reactions(env: TestEnv, repeats: number): Promise<Reactions> {
+  const r: Reactions = { spec: [], kill: [], freeze: [] };
   for (let i = 0; i < repeats; i++) {
     await waitStable(env, PROBE, 180_000, 'probe Ready before a spec change');
     // A new value each time (a repeated one would not bump the generation), all about 1 s so the
-    // kills below see the same grace period in every phase.
-    spec.push(await specChangeReaction(env, `${1000 + ++graceChanges}ms`));
+    // pivot losses below see the same grace period in every phase.
+    r.spec.push(await specChangeReaction(env, `${1000 + ++graceChanges}ms`));
   }
-  for (let i = 0; i < repeats; i++) kill.push(await killReaction(env));
-  return { spec, kill };
+  for (let i = 0; i < repeats; i++) r.kill.push(await pivotLossReaction(env, 'SIGKILL'));
+  for (let i = 0; i < repeats; i++) r.freeze.push(await pivotLossReaction(env, 'SIGSTOP'));
+  return r;
+}
+
+/**
+ * Per cluster, ms from its last agent pod turning Ready (the kubelet's lastTransitionTime, whole
+ * seconds, so up to 1 s too early) to the PivotCluster first seen Ready: the operator's share.
+ */
+async function operatorLag(env: TestEnv, ready: Map<string, Readiness>): Promise<number[]> {
+  const pods = await env.core.listNamespacedPod({ namespace: env.namespace });
+  const lastPodReady = new Map<string, number>();
+  for (const pod of pods.items) {
+    const cluster = pod.metadata?.labels?.['app.kubernetes.io/instance'];
+    const ready = pod.status?.conditions?.find((c) => c.type === 'Ready' && c.status === 'True');
+    if (!cluster || !ready?.lastTransitionTime) continue;
+    const at = new Date(ready.lastTransitionTime).getTime();
+    lastPodReady.set(cluster, Math.max(lastPodReady.get(cluster) ?? 0, at));
+  }
+  return [...ready].filter(([n]) => lastPodReady.has(n)).map(([n, r]) => r.at - lastPodReady.get(n)!);
 }
 
 // ---- report ----
@@ -298,6 +347,7 @@ function phaseRow(p: Phase): string[] {
     `${q('controller_runtime_reconcile_time_seconds', 0.5)} / ${q('controller_runtime_reconcile_time_seconds', 0.95)} / ${q('controller_runtime_reconcile_time_seconds', 0.99)}`,
     `${q('workqueue_queue_duration_seconds', 0.5)} / ${q('workqueue_queue_duration_seconds', 0.95)}`,
     `${quantile(depths, 0.5) || 0} / ${depths.at(-1) ?? 0}`,
+    `${delta(p.before, p.after, 'pivot_shard_map_pushes_total{result="success"}')} / ${delta(p.before, p.after, 'pivot_shard_map_pushes_total{result="error"}')}`,
     `${((100 * cpu) / wall).toFixed(0)} %`,
     `${((p.after.get('process_resident_memory_bytes') ?? 0) / 2 ** 20).toFixed(0)} MiB`,
   ];
@@ -351,13 +401,18 @@ async function main(): Promise<void> {
       env,
       pivotCluster(PROBE, { replicas: 3, shards: 4, replicationFactor: 3 }, env.namespace),
     );
-    const probeReady = (await timeToReady(env, [PROBE], probeCreated)).get(PROBE)!;
+    const probeReadiness = await timeToReady(env, [PROBE], probeCreated);
+    const probeReady = probeReadiness.get(PROBE)!.ms;
+    const probeLag = await operatorLag(env, probeReadiness);
     await recorder.end();
     console.log(`probe Ready after ${s(probeReady)}`);
     await recorder.begin('1 cluster: reactions');
     const alone = await reactions(env, args.repeats);
     await recorder.end();
-    console.log(`alone: spec change ${alone.spec.map(s).join(', ')}; kill ${alone.kill.map(s).join(', ')}`);
+    console.log(
+      `alone: spec change ${alone.spec.map(s).join(', ')}; kill ${alone.kill.map(s).join(', ')}; ` +
+        `freeze ${alone.freeze.map(s).join(', ')}`,
+    );
 
     // 2. The others, created at once.
     const names = Array.from({ length: others }, (_, i) => `c${String(i + 1).padStart(2, '0')}`);
@@ -374,7 +429,8 @@ async function main(): Promise<void> {
     const created = performance.now() - burst;
     const ready = await timeToReady(env, names, burst);
     await recorder.end();
-    const readyTimes = [...ready.values()];
+    const readyTimes = [...ready.values()].map((r) => r.ms);
+    const lags = await operatorLag(env, ready);
     console.log(`${others} created in ${s(created)}; all Ready after ${s(Math.max(...readyTimes))}`);
 
     // 3. Steady: nothing changes for two resync periods.
@@ -395,7 +451,8 @@ async function main(): Promise<void> {
     const loaded = await reactions(env, args.repeats);
     await recorder.end();
     console.log(
-      `with ${args.clusters}: spec change ${loaded.spec.map(s).join(', ')}; kill ${loaded.kill.map(s).join(', ')}`,
+      `with ${args.clusters}: spec change ${loaded.spec.map(s).join(', ')}; kill ${loaded.kill.map(s).join(', ')}; ` +
+        `freeze ${loaded.freeze.map(s).join(', ')}`,
     );
 
     // 5. Every cluster's spec changes at once.
@@ -448,11 +505,17 @@ async function main(): Promise<void> {
       table([
         ['measure', '1 cluster', `${args.clusters} clusters`],
         ['create → Ready', s(probeReady), `${others} at once: ${dist(readyTimes)}`],
+        ['  of which: last agent pod Ready → cluster Ready', dist(probeLag), dist(lags)],
         [`spec change → observedGeneration (probe, ×${args.repeats})`, dist(alone.spec), dist(loaded.spec)],
         [
           `kill -9 pivot → new pivot in status (probe, ×${args.repeats})`,
           dist(alone.kill),
           dist(loaded.kill),
+        ],
+        [
+          `SIGSTOP pivot → new pivot in status (probe, ×${args.repeats})`,
+          dist(alone.freeze),
+          dist(loaded.freeze),
         ],
         ['all specs changed at once → observedGeneration', '', dist(allSpec)],
         [
@@ -477,6 +540,7 @@ async function main(): Promise<void> {
           'reconcile time p50 / p95 / p99',
           'queue wait p50 / p95',
           'queue depth median / max',
+          'map pushes ok / failed',
           'operator CPU',
           'operator RSS',
         ],

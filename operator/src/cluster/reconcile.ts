@@ -33,6 +33,7 @@ import {
   selectorString,
 } from './desired.ts';
 import { pivotHealth } from './failover.ts';
+import { mapPushTargets } from './push-targets.ts';
 import { plan, underReplicatedShards, type Plan } from './plan.ts';
 import { computeStatus, mergeWipes } from './status.ts';
 import {
@@ -430,7 +431,7 @@ export class PivotClusterReconciler {
     }
   }
 
-  /** Pushes the recorded map to every agent pod that has not applied it. Returns the failures. */
+  /** Pushes the recorded map to every answering agent that has not applied it. Returns the agents not reached. */
   private async pushMap(
     cluster: PivotCluster,
     spec: ResolvedSpec,
@@ -464,10 +465,8 @@ export class PivotClusterReconciler {
       agents: infos,
       assignments,
     };
-    const targets = pods.filter((p) => {
-      const a = agents.get(p.metadata!.name!);
-      return a?.ip && !a.deleting && (a.status === null || a.status.epoch < epoch);
-    });
+    const { push, unanswered } = mapPushTargets(agents.values(), epoch);
+    const targets = pods.filter((p) => push.includes(p.metadata!.name!));
     const results = await Promise.allSettled(
       targets.map((p) => this.d.agents.pushMap(agentUrl(p.status!.podIP!), token, map, spec.retryPolicy)),
     );
@@ -479,7 +478,7 @@ export class PivotClusterReconciler {
         log.warn({ agent: targets[i]!.metadata!.name, epoch, err: r.reason }, 'shard map push failed');
       }
     });
-    return failures;
+    return failures + unanswered.length;
   }
 
   private requeueAfter(
