@@ -349,3 +349,43 @@ describe('every copy of a shard down (3 agents, rf 1)', () => {
     expect((await c.client(name).get(key, { consistency: 'local' })).body.data).toBe('persisted');
   });
 });
+
+describe('a log bounded in bytes (3 agents, rf 3, --log-retain-bytes 64 KiB)', () => {
+  const { test } = useCluster({
+    agents: 3,
+    shards: 2,
+    replicationFactor: 3,
+    agentArgs: ['--log-retain-bytes', String(64 * 1024)],
+  });
+
+  test('the pivot trims its log to the byte bound; a follower further behind is copied afresh and holds the same content', async (c) => {
+    const victim = 'agent-0';
+    const live = c.names().filter((n) => n !== victim);
+    const shard = c.map.assignments.find((a) => a.pivot !== victim)!.shard;
+    const pivot = c.map.assignments[shard]!.pivot;
+    const coll = c.keyOnShard(shard, 'big');
+    await c.kill9(victim);
+    // 200 values of ~2 KB: about 400 KB of log, six times the bound.
+    const writes: Write[] = Array.from({ length: 200 }, (_, i) => ({
+      key: `${coll}/${i}`,
+      data: { i, pad: 'b'.repeat(2000) },
+      via: live[i % 2]!,
+    }));
+    const outcomes = await c.writeAll(writes, 16);
+    expect(refused(outcomes)).toEqual([]);
+    const trimmed = await waitFor(
+      async () => {
+        const s = (await c.status(pivot)).shards.find((x) => x.shard === shard)!;
+        return s.log.firstSeq > 1 && s.log.bytes <= 64 * 1024 ? s : false;
+      },
+      { timeoutMs: 20_000, message: `pivot ${pivot} to trim shard ${shard}'s log to 64 KiB` },
+    );
+    expect(trimmed.log.bytes).toBeGreaterThan(0);
+    await c.restart(victim);
+    const content = await c.waitConverged([`${coll}/*`], { timeoutMs: 60_000 });
+    expectAcknowledgedPresent(content, outcomes);
+    // The log no longer reached back to the victim's position: it was wiped and copied.
+    const wipes = (await c.status(victim)).wipes.filter((w) => w.shard === shard);
+    expect(wipes.map((w) => w.reason).join('; ')).toMatch(/trimmed/);
+  }, 120_000);
+});

@@ -329,6 +329,8 @@ export interface ShardStatus {
   position: { term: number; seq: number };
   committedSeq: number;
   lagSeq: number;
+  /** The shard's log: first seq still held and its approximate size. */
+  log: { firstSeq: number; bytes: number };
 }
 
 export interface AgentStatus {
@@ -364,6 +366,8 @@ export interface ClusterOptions {
   clusterFile?: boolean;
   /** false: start() returns once every agent answers HTTP, before any readiness. */
   waitReady?: boolean;
+  /** More command-line flags for every agent (e.g. `['--log-retain-bytes', '65536']`). */
+  agentArgs?: string[];
 }
 
 export const TEST_RETRY_POLICY: RetryPolicySpec = {
@@ -430,6 +434,7 @@ export class Cluster {
   readonly retryPolicy: RetryPolicy;
   readonly readyTimeoutMs: number;
   readonly logLevel: string;
+  readonly agentArgs: string[];
   readonly usesClusterFile: boolean;
   clusterFile: ClusterFile;
   /** The newest map this harness knows (the cluster file's, then whatever pushMap sent). */
@@ -441,6 +446,7 @@ export class Cluster {
     this.token = options.token;
     this.readyTimeoutMs = options.readyTimeoutMs;
     this.logLevel = options.logLevel;
+    this.agentArgs = options.agentArgs;
     this.usesClusterFile = options.clusterFile;
     this.clusterFilePath = path.join(root, 'cluster.json');
     this.retryPolicy = retryPolicyFromSpec(options.retryPolicy);
@@ -494,6 +500,7 @@ export class Cluster {
       token: options.token === undefined ? randomBytes(16).toString('hex') : options.token,
       logLevel: options.logLevel ?? process.env.PIVOT_E2E_LOG_LEVEL ?? 'info',
       namePrefix: options.namePrefix ?? 'agent',
+      agentArgs: options.agentArgs ?? [],
       readyTimeoutMs: options.readyTimeoutMs ?? 20_000,
       clusterFile: options.clusterFile ?? true,
       waitReady: options.waitReady ?? true,
@@ -585,6 +592,7 @@ export class Cluster {
         : ['--cluster-uid', this.map.clusterUid]),
       '--log-level',
       this.logLevel,
+      ...this.agentArgs,
     ];
     if (this.token) args.push('--token-file', path.join(this.root, 'token'));
     const log = openSync(a.logFile, 'a');

@@ -712,14 +712,19 @@ export class Agent implements LinkHost, ForwarderHost {
       throw unavailable(`shard ${shard} changed pivot`);
   }
 
+  /** Keeps each shard's log within both bounds, trimming once it is a quarter over either. */
   private async trimLogs() {
+    const { logRetain, logRetainBytes } = this.config;
     for (const shard of this.store.shardsWithData()) {
       const m = this.store.shardMeta(shard);
-      if (m.seq - m.firstLogSeq + 1 > this.config.logRetain * 1.25) {
+      let keepFrom = 0;
+      if (m.seq - m.firstLogSeq + 1 > logRetain * 1.25) keepFrom = m.seq - logRetain + 1;
+      if ((m.logBytes ?? 0) > logRetainBytes * 1.25)
+        keepFrom = Math.max(keepFrom, this.store.keepFromForBytes(shard, logRetainBytes));
+      if (keepFrom > m.firstLogSeq)
         await this.store
-          .trimLog(shard, m.seq - this.config.logRetain + 1)
+          .trimLog(shard, keepFrom)
           .catch((e: Error) => this.log.error({ shard, err: e.message }, 'log trim failed'));
-      }
     }
   }
 
@@ -733,6 +738,7 @@ export class Agent implements LinkHost, ForwarderHost {
         .filter((rt) => rt.role !== 'none')
         .map((rt) => {
           const position = this.store.position(rt.shard);
+          const meta = this.store.shardMeta(rt.shard);
           const committed = rt.role === 'pivot' ? this.committedOf(rt.shard) : position.seq;
           const followers =
             rt.role === 'pivot'
@@ -756,6 +762,7 @@ export class Agent implements LinkHost, ForwarderHost {
             position,
             committedSeq: committed,
             lagSeq: lag,
+            log: { firstSeq: meta.firstLogSeq, bytes: meta.logBytes ?? 0 },
             ...(followers ? { followers } : {}),
           };
         }),

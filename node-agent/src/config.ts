@@ -25,6 +25,8 @@ export interface AgentConfig {
   logLevel: string;
   /** Log entries kept per shard for catch-up before a follower needs a snapshot. */
   logRetain: number;
+  /** The same bound in bytes (values of a few MB would otherwise make the entry bound huge). */
+  logRetainBytes: number;
 }
 
 const FLAGS = {
@@ -37,6 +39,7 @@ const FLAGS = {
   'token-file': 'PIVOT_AUTH_TOKEN_FILE',
   'log-level': 'PIVOT_LOG_LEVEL',
   'log-retain': 'PIVOT_LOG_RETAIN',
+  'log-retain-bytes': 'PIVOT_LOG_RETAIN_BYTES',
 } as const;
 
 export class ConfigError extends Error {
@@ -63,6 +66,9 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): AgentConfig
   const logRetain = Number(get('log-retain') ?? 20_000);
   if (!Number.isInteger(logRetain) || logRetain < 1)
     throw new ConfigError('--log-retain must be an integer >= 1');
+  const logRetainBytes = Number(get('log-retain-bytes') ?? 32 * 2 ** 20);
+  if (!Number.isInteger(logRetainBytes) || logRetainBytes < 1)
+    throw new ConfigError('--log-retain-bytes must be an integer >= 1');
   const clusterFile = get('cluster-file');
   const clusterUid = get('cluster-uid');
   return {
@@ -78,6 +84,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): AgentConfig
     ...(token ? { token } : {}),
     logLevel: get('log-level') ?? 'info',
     logRetain,
+    logRetainBytes,
   };
 }
 

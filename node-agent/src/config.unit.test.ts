@@ -8,6 +8,7 @@ describe('parseConfig', () => {
       PIVOT_DATA_DIR: '/d',
       PIVOT_AUTH_TOKEN: 'tok',
       PIVOT_LOG_RETAIN: '50',
+      PIVOT_LOG_RETAIN_BYTES: '4096',
     });
     expect(c).toMatchObject({
       name: 'from-flag',
@@ -16,13 +17,16 @@ describe('parseConfig', () => {
       port: 7100,
       token: 'tok',
       logRetain: 50,
+      logRetainBytes: 4096,
     });
+    expect(parseConfig([], {}).logRetainBytes).toBe(32 * 2 ** 20);
     expect(c.advertiseUrl).toBe('http://127.0.0.1:7100');
   });
 
   it.each([
     [['--listen', 'nonsense'], {}],
     [['--log-retain', '0'], {}],
+    [['--log-retain-bytes', '1.5'], {}],
     [['--unknown-flag', 'x'], {}],
   ])('refuses %j', (argv, env) => expect(() => parseConfig(argv, env)).toThrow());
 });

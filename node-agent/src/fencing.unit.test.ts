@@ -49,6 +49,7 @@ async function agentWith(first: ShardMap) {
       advertiseUrl: 'http://127.0.0.1:0',
       logLevel: 'silent',
       logRetain: 100,
+      logRetainBytes: 1 << 20,
     },
     store,
     createMetrics(),

@@ -29,6 +29,9 @@ export interface LogEntry {
 
 export const versionOf = (term: number, seq: number) => `${term}.${seq}`;
 
+/** What a log entry costs in the log, roughly: its value and key plus framing. */
+export const logEntryBytes = (e: LogEntry) => (e.record?.data.length ?? 0) + e.key.length + 64;
+
 export function parseVersion(text: string): { term: number; seq: number } | null {
   const m = /^"?(\d+)\.(\d+)"?$/.exec(text.trim());
   return m ? { term: Number(m[1]), seq: Number(m[2]) } : null;

@@ -13,7 +13,7 @@
 import { open, type Database, type RootDatabase } from 'lmdb';
 import type { ShardMap } from '../../../lib/shard-map.ts';
 import { appendTerm, type Position, type TermStart } from '../replication/history.ts';
-import { pushIndexCreated, type LogEntry, type StoredRecord } from './records.ts';
+import { logEntryBytes, pushIndexCreated, type LogEntry, type StoredRecord } from './records.ts';
 
 export interface ShardMeta {
   shard: number;
@@ -24,6 +24,8 @@ export interface ShardMeta {
   history: TermStart[];
   /** First seq still in the log (seq + 1 when the log is empty). */
   firstLogSeq: number;
+  /** Approximate size of the log (`logEntryBytes` summed); absent in data written before it existed. */
+  logBytes?: number;
   /** False while a snapshot copy is incomplete: the data is then not a consistent prefix. */
   complete: boolean;
   /** After a snapshot copy: the source's seq when the copy ended; the copy is consistent from there. */
@@ -249,6 +251,7 @@ export class Store {
       this.data.remove([s, e.parent, e.index]);
     }
     this.log.put([s, e.seq], e);
+    m.logBytes = (m.logBytes ?? 0) + logEntryBytes(e);
     if (e.term !== m.term || m.history.length === 0) m.history = appendTerm(m.history, e.term, e.seq);
     m.term = e.term;
     m.seq = e.seq;
@@ -328,7 +331,7 @@ export class Store {
     let bytes = 0;
     for (const { value } of this.log.getRange({ start: [shard, from], end: [shard, Infinity], limit })) {
       out.push(value);
-      bytes += (value.record?.data.length ?? 0) + value.key.length + 64;
+      bytes += logEntryBytes(value);
       if (bytes >= maxBytes) break;
     }
     return out;
@@ -340,10 +343,28 @@ export class Store {
     if (keepFrom <= m.firstLogSeq) return;
     const upTo = Math.min(keepFrom, m.seq + 1);
     await this.commit(() => {
-      for (const key of this.log.getKeys({ start: [shard, 0], end: [shard, upTo] })) this.log.remove(key);
+      let freed = 0;
+      for (const { key, value } of this.log.getRange({ start: [shard, 0], end: [shard, upTo] })) {
+        freed += logEntryBytes(value);
+        this.log.remove(key);
+      }
       m.firstLogSeq = upTo;
+      m.logBytes = Math.max(0, (m.logBytes ?? 0) - freed);
       this.meta.put(['shard', shard], m);
     });
+  }
+
+  /** The first seq to keep so that the log holds at most `maxBytes` (never past the last entry). */
+  keepFromForBytes(shard: number, maxBytes: number): number {
+    const m = this.shardMeta(shard);
+    let excess = (m.logBytes ?? 0) - maxBytes;
+    let keepFrom = m.firstLogSeq;
+    for (const { value } of this.log.getRange({ start: [shard, m.firstLogSeq], end: [shard, m.seq + 1] })) {
+      if (excess <= 0) break;
+      excess -= logEntryBytes(value);
+      keepFrom = value.seq + 1;
+    }
+    return keepFrom;
   }
 
   /** One page of a shard's objects in key order, for a snapshot copy. */

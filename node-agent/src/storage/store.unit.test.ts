@@ -122,6 +122,31 @@ describe('Store', () => {
     await store.close();
   });
 
+  it('keeps the log within a byte bound: trims the oldest entries and accounts what is left', async () => {
+    const dir = tempDir();
+    const { store } = await Store.open(dir, 'u');
+    const big = JSON.stringify('x'.repeat(1000));
+    for (let i = 0; i < 10; i++) {
+      await store.write(0, (seq) => {
+        const r = rec('', `k${i}`, i, 1, seq);
+        return { entry: put(1, seq, { ...r, data: big }), result: r };
+      });
+    }
+    const each = store.shardMeta(0).logBytes! / 10;
+    expect(each).toBeGreaterThan(1000);
+    const keepFrom = store.keepFromForBytes(0, 3 * each);
+    expect(keepFrom).toBe(8); // entries 8, 9, 10 fit
+    await store.trimLog(0, keepFrom);
+    expect(store.readLog(0, 1, 100).map((e) => e.seq)).toEqual([8, 9, 10]);
+    expect(store.shardMeta(0).logBytes).toBe(3 * each);
+    await store.close();
+    // The accounting is durable, and trimming never goes past the last entry.
+    const { store: reopened } = await Store.open(dir, 'u');
+    expect(reopened.shardMeta(0).logBytes).toBe(3 * each);
+    expect(reopened.keepFromForBytes(0, 0)).toBe(11);
+    await reopened.close();
+  });
+
   it('refuses a write that decide() refuses without consuming a seq', async () => {
     const { store } = await Store.open(tempDir(), 'u');
     const out = await store.write(1, () => ({ refused: 'nope' }));
