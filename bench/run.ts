@@ -46,6 +46,8 @@ interface System {
   getLocal(origin: string, key: string): Request;
   /** The same three requests for wrk, with `{key}` where the key goes. */
   template(op: 'put' | 'get' | 'getLocal'): RequestTemplate;
+  /** V8 heap in use of one process, where the system reports it. */
+  heapUsedMiB?(name: string): Promise<number>;
   /** The system's processes now (a killed member is absent until restarted). */
   processes(): { name: string; pid: number }[];
   /** Kill -9 one copy, write `n` keys, restart it, and time until it has applied them all. */
@@ -178,6 +180,12 @@ async function pivotSystem(replicationFactor: number): Promise<System> {
   return {
     label: `Pivot rf ${replicationFactor}`,
     targets: cluster.names().map((n) => cluster.url(n)),
+    heapUsedMiB: async (name) => {
+      const text = await (await fetch(`${cluster.url(name)}/metrics`)).text();
+      const used = /^nodejs_heap_size_used_bytes (\S+)$/m.exec(text)?.[1];
+      if (used === undefined) throw new Error('no nodejs_heap_size_used_bytes');
+      return Number(used) / 2 ** 20;
+    },
     put: (origin, key) => ({
       origin,
       method: 'PUT',
@@ -316,16 +324,18 @@ async function measure(system: System): Promise<Row> {
   const soakRss = rssSampler(system);
   const soakStarted = performance.now();
   // A line a minute on stderr shows the trend of a long soak, not only its end points.
+  // Pivot agents also report their V8 heap (/metrics), which tells a leak from a growing page cache.
   const soakTrend = setInterval(() => {
-    const now = system
-      .processes()
-      .map(({ name, pid }) => {
+    void Promise.all(
+      system.processes().map(async ({ name, pid }) => {
         const m = rssMiB(pid);
-        return `${name} ${m.total.toFixed(0)} (anon ${m.anon.toFixed(0)})`;
-      })
-      .join(', ');
-    console.error(
-      `${system.label} soak ${((performance.now() - soakStarted) / 1000).toFixed(0)} s: RSS MiB ${now}`,
+        const heap = await system.heapUsedMiB?.(name).catch(() => undefined);
+        return `${name} ${m.total.toFixed(0)} (anon ${m.anon.toFixed(0)}${heap === undefined ? '' : `, heap ${heap.toFixed(0)}`})`;
+      }),
+    ).then((now) =>
+      console.error(
+        `${system.label} soak ${((performance.now() - soakStarted) / 1000).toFixed(0)} s: RSS MiB ${now.join(', ')}`,
+      ),
     );
   }, 60_000);
   const soak = await runLoad({
