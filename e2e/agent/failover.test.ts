@@ -364,6 +364,25 @@ describe('failover with writeConcern all (3 agents, rf 3)', () => {
   test('any follower may be promoted: no write acknowledged by all copies is lost', async (c) => {
     await failoverKeepsAcknowledgedWrites(c, 'last');
   }, 60_000);
+
+  test('a forwarded write applied at the pivot but short of its write concern is answered 503 once, never resent', async (c) => {
+    const shard = 0;
+    const a = c.map.assignments[shard]!;
+    const [via, down] = a.followers as [string, string];
+    const key = c.keyOnShard(shard, 'once');
+    await c.kill9(down);
+    const before = (await c.status(a.pivot)).shards.find((s) => s.shard === shard)!.position.seq;
+    const reply = await c.client(via).put(key, { v: 1 });
+    expect(reply.status).toBe(503);
+    expect(reply.headers['x-pivot-applied']).toBe('1');
+    // Applied exactly once at the pivot: a resend would have taken another seq each time.
+    const after = (await c.status(a.pivot)).shards.find((s) => s.shard === shard)!.position.seq;
+    expect(after).toBe(before + 1);
+    expect((await c.client(a.pivot).get(key, { consistency: 'local' })).body.data).toEqual({ v: 1 });
+    await c.restart(down);
+    const content = await c.waitConverged([key]);
+    expect(content.get(key)?.data).toEqual({ v: 1 });
+  }, 60_000);
 });
 
 describe('data of another cluster', () => {

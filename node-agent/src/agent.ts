@@ -127,6 +127,7 @@ export class Agent implements LinkHost, ForwarderHost {
     this.log = log;
     this.changes.setMaxListeners(0);
     store.onCommitted = (shard, entries) => this.committedLocally(shard, entries);
+    store.onListenerError = (e) => this.log.error({ err: e }, 'a commit listener failed');
     this.trimTimer = setInterval(() => void this.trimLogs(), TRIM_EVERY_MS);
     this.trimTimer.unref();
   }
@@ -139,8 +140,9 @@ export class Agent implements LinkHost, ForwarderHost {
     return this.map!.retryPolicy;
   }
 
-  callTimeoutMs(): number {
-    return this.policy().timeoutMs;
+  forwardTimeoutMs(): number {
+    const p = this.policy();
+    return (p.maxAttempts + 1) * p.timeoutMs;
   }
 
   get ready(): boolean {
@@ -682,6 +684,7 @@ export class Agent implements LinkHost, ForwarderHost {
   private async confirmRound(shard: number): Promise<void> {
     const a = this.map!.assignments[shard]!;
     const need = readConfirmations(this.map!.writeConcern, copiesOf(a).length);
+    if (need === 0) return; // the map changed since the read arrived
     const started = performance.now();
     const confirmations = a.followers.map((f) => this.linkTo(f).confirmAfter(started));
     let timer: NodeJS.Timeout | undefined;

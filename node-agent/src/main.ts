@@ -18,6 +18,12 @@ async function main() {
 
   mkdirSync(config.dataDir, { recursive: true });
   const { store, foreignWiped } = await Store.open(config.dataDir, clusterUid);
+  // A failed commit or fsync leaves memory ahead of the disk: stop, and recover from disk on restart.
+  store.onFatal = (error) => {
+    log.fatal({ err: error }, 'storage commit failed; exiting so a restart recovers from disk');
+    log.flush?.();
+    process.exit(70);
+  };
   const metrics = createMetrics();
   if (foreignWiped.length) {
     log.warn({ shards: foreignWiped }, 'wiped data that belonged to another cluster');

@@ -5,7 +5,7 @@
 import type { FastifyInstance } from 'fastify';
 import { routingKey, parseKey, type ParsedKey } from '../../../lib/keys.ts';
 import { shardOfRoutingKey } from '../../../lib/hash.ts';
-import { withRetry } from '../../../lib/retry.ts';
+import { PermanentError, withRetry } from '../../../lib/retry.ts';
 import type { Agent } from '../agent.ts';
 import {
   type LogEntry,
@@ -17,12 +17,11 @@ import {
   type StoredRecord,
 } from '../storage/records.ts';
 import { ApiError, unavailable } from './errors.ts';
-import type { DataAnswer, DataRequest } from './forward.ts';
+import { APPLIED, HTTP_FORWARDED, type DataAnswer, type DataRequest } from './forward.ts';
 
 export const MAX_VALUE_BYTES = 1 << 20;
 export const MAX_PAGE = 10_000;
 const NEXT_AFTER = 'x-pivot-next-after';
-const HTTP_FORWARDED = 'x-pivot-forwarded';
 
 /** The key named by a request path after `prefix`, decoded segment by segment. */
 export function keyFromUrl(url: string, prefix: string): string {
@@ -121,7 +120,7 @@ export async function serveData(agent: Agent, req: DataRequest, forwarded: boole
   const rt = agent.shards.get(shard)!;
   const toPivot = () => {
     if (forwarded) throw unavailable(`this agent is not the pivot of shard ${shard} (maps are changing)`);
-    return forward(agent, req, shard, rt.pivot);
+    return forward(agent, req, shard);
   };
 
   switch (req.method) {
@@ -241,28 +240,48 @@ async function write(
     return { entry, result: d };
   });
   if (out.result instanceof ApiError || !out.entry) throw out.result;
-  await agent.awaitWriteConcern(shard, out.entry.seq);
+  try {
+    await agent.awaitWriteConcern(shard, out.entry.seq);
+  } catch (error) {
+    const e = error as ApiError;
+    throw new ApiError(e.status ?? 503, e.code ?? 'SHARD_UNAVAILABLE', e.message, e.retryAfterS, true);
+  }
   if (out.result.op === 'put') return recordAnswer(out.result.status, out.result.record);
   return { status: 204 };
 }
 
 /**
- * Sends the request to the shard's pivot and returns its answer. Failures and 503s (the pivot
- * is changing) are retried on the retry policy, except for a push, which could apply twice.
+ * Sends the request to the shard's pivot (looked up again on every attempt) and returns its
+ * answer, retrying on the retry policy. A read is retried after any failure. A write is retried
+ * only when it surely was not applied: the pivot refused it with a 503 of its own before
+ * applying it, or the connection was never made. After a timeout or a lost answer the outcome
+ * is unknown, and resending would apply it twice (a new version; a push twice; an If-Match
+ * write refused by its own success), so the client gets a 503 saying so.
  */
-async function forward(agent: Agent, req: DataRequest, shard: number, pivot: string): Promise<DataAnswer> {
-  if (pivot === agent.name || !agent.client(pivot))
-    throw unavailable(`no pivot reachable for shard ${shard}`);
-  const idempotent = req.method !== 'POST';
+async function forward(agent: Agent, req: DataRequest, shard: number): Promise<DataAnswer> {
+  const read = req.method === 'GET';
   let last: DataAnswer | undefined;
+  const policy = agent.policy();
   try {
-    const policy = agent.policy();
-    // A push is sent once: after a lost answer it may have been applied.
     return await withRetry(
-      idempotent ? policy : { ...policy, maxAttempts: 1 },
+      // Each attempt may take as long as the pivot's own longest wait, so it is never abandoned
+      // while the pivot is still working on it.
+      { ...policy, timeoutMs: agent.forwardTimeoutMs() },
       async (signal) => {
-        const answer = await agent.forwarder.send(pivot, req, signal);
-        if (answer.status === 503 && idempotent) {
+        const pivot = agent.shards.get(shard)?.pivot;
+        if (!pivot || pivot === agent.name || !agent.client(pivot))
+          throw unavailable(`no pivot reachable for shard ${shard}`);
+        let answer: DataAnswer;
+        try {
+          answer = await agent.forwarder.send(pivot, req, signal);
+        } catch (error) {
+          if (read || neverConnected(error)) throw error;
+          throw new PermanentError(
+            `the write went to pivot ${pivot} of shard ${shard} but its answer was lost; it may have been applied`,
+            { cause: error },
+          );
+        }
+        if (answer.status === 503 && !answer.headers?.[APPLIED]) {
           last = answer;
           throw new Error(`pivot ${pivot} answered 503`);
         }
@@ -272,8 +291,17 @@ async function forward(agent: Agent, req: DataRequest, shard: number, pivot: str
     );
   } catch (error) {
     if (last) return last; // the pivot's own 503, with its reason and Retry-After
-    throw unavailable(`pivot ${pivot} of shard ${shard} is unreachable: ${(error as Error).message}`);
+    if (error instanceof PermanentError) throw unavailable(error.message);
+    throw unavailable(`the pivot of shard ${shard} is unreachable: ${(error as Error).message}`);
   }
+}
+
+/** The request surely never reached the peer: the connection was refused or never made. */
+function neverConnected(error: unknown): boolean {
+  for (let e = error as { code?: string; cause?: unknown } | undefined; e; e = e.cause as typeof e)
+    if (e.code && ['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT'].includes(e.code))
+      return true;
+  return false;
 }
 
 export function dataRoutes(agent: Agent) {

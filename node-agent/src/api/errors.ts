@@ -8,11 +8,14 @@ export class ApiError extends Error {
   readonly status: number;
   readonly code: string;
   readonly retryAfterS: number | undefined;
-  constructor(status: number, code: string, message: string, retryAfterS?: number) {
+  /** A write that failed after it was applied at the pivot (its write concern was not met). */
+  readonly applied: boolean;
+  constructor(status: number, code: string, message: string, retryAfterS?: number, applied = false) {
     super(message);
     this.status = status;
     this.code = code;
     this.retryAfterS = status === 503 ? (retryAfterS ?? 1) : retryAfterS;
+    this.applied = applied;
   }
 }
 

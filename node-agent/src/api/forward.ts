@@ -4,7 +4,7 @@
 // peer's keep-alive pool, and each comes back with its own answer. One internal call per batch
 // instead of one HTTP request per client request is most of what a forwarded request costs.
 import type { FastifyBaseLogger } from 'fastify';
-import type { PeerClient } from '../replication/transport.ts';
+import { peerError, type PeerClient } from '../replication/transport.ts';
 import { errorBody, toApiError } from './errors.ts';
 
 /** A public data request, as the receiving agent got it (auth already checked there). */
@@ -34,8 +34,15 @@ export interface ForwardBatchAnswer {
   answers: DataAnswer[];
 }
 
-/** Most requests one forward call carries; more wait for the next call (no head-of-line giants). */
-const MAX_BATCH = 256;
+/** Most requests, and request bytes, one forward call carries; the rest go in further calls. */
+export const MAX_BATCH = 256;
+const MAX_BATCH_BYTES = 32 << 20;
+
+/** The header agents before batched forwarding sent with a forwarded request. */
+export const HTTP_FORWARDED = 'x-pivot-forwarded';
+
+/** Marks an answer to a write that was applied at the pivot but not acknowledged: never resend it. */
+export const APPLIED = 'x-pivot-applied';
 
 /** Any error thrown while serving a request, as the answer a client gets. */
 export function errorAnswer(error: unknown, log: FastifyBaseLogger): DataAnswer {
@@ -45,6 +52,7 @@ export function errorAnswer(error: unknown, log: FastifyBaseLogger): DataAnswer 
     headers: {
       'content-type': 'application/json; charset=utf-8',
       ...(e.retryAfterS !== undefined ? { 'retry-after': String(e.retryAfterS) } : {}),
+      ...(e.applied ? { [APPLIED]: '1' } : {}),
     },
     body: JSON.stringify(errorBody(e.code, e.message)),
   };
@@ -60,8 +68,8 @@ export interface ForwarderHost {
   readonly name: string;
   epoch(): number;
   client(peer: string): PeerClient | undefined;
-  /** Per-call timeout of the retry policy. */
-  callTimeoutMs(): number;
+  /** How long the pivot may take to answer a batch: its longest wait (a write concern) plus a margin. */
+  forwardTimeoutMs(): number;
 }
 
 export class Forwarder {
@@ -101,7 +109,19 @@ export class Forwarder {
     const queue = this.queues.get(peer);
     this.queues.delete(peer);
     if (!queue) return;
-    for (let i = 0; i < queue.length; i += MAX_BATCH) void this.call(peer, queue.slice(i, i + MAX_BATCH));
+    let batch: Pending[] = [];
+    let bytes = 0;
+    for (const p of queue) {
+      const size = (p.request.body?.length ?? 0) + p.request.url.length;
+      if (batch.length > 0 && (batch.length === MAX_BATCH || bytes + size > MAX_BATCH_BYTES)) {
+        void this.call(peer, batch);
+        batch = [];
+        bytes = 0;
+      }
+      batch.push(p);
+      bytes += size;
+    }
+    void this.call(peer, batch);
   }
 
   private async call(peer: string, batch: Pending[]): Promise<void> {
@@ -113,16 +133,46 @@ export class Forwarder {
         from: this.host.name,
         requests: batch.map((p) => p.request),
       };
-      const { value } = await client.call<ForwardBatchAnswer>(
-        '/_pivot/v1/forward',
-        body,
-        AbortSignal.timeout(this.host.callTimeoutMs()),
+      const timeout = new AbortController();
+      const timer = setTimeout(
+        () => timeout.abort(new Error(`${peer} did not answer a forward batch in time`)),
+        this.host.forwardTimeoutMs(),
       );
+      const { value } = await client
+        .call<ForwardBatchAnswer>('/_pivot/v1/forward', body, timeout.signal)
+        .finally(() => clearTimeout(timer));
       if (value?.answers?.length !== batch.length)
         throw new Error(`${peer} answered a forward batch of ${batch.length} with a malformed reply`);
       batch.forEach((p, i) => p.resolve(value.answers[i]!));
     } catch (error) {
+      if (peerError(error)?.status === 404) {
+        // A pivot from before batched forwarding (a rolling update is under way).
+        for (const p of batch) this.sendOverHttp(peer, p).then(p.resolve, p.reject);
+        return;
+      }
       for (const p of batch) p.reject(error as Error);
     }
+  }
+
+  /** One request as its own HTTP request, marked forwarded (how agents forwarded before). */
+  private async sendOverHttp(peer: string, { request }: Pending): Promise<DataAnswer> {
+    const client = this.host.client(peer)!;
+    const res = await client.pool.request({
+      method: request.method,
+      path: request.url,
+      headers: {
+        [HTTP_FORWARDED]: String(this.host.epoch()),
+        ...client.authorization(),
+        ...(request.ifMatch !== undefined ? { 'if-match': request.ifMatch } : {}),
+        ...(request.body !== undefined ? { 'content-type': 'application/json' } : {}),
+      },
+      ...(request.body !== undefined ? { body: request.body } : {}),
+      signal: AbortSignal.timeout(this.host.forwardTimeoutMs()),
+    });
+    const body = await res.body.text();
+    const headers: Record<string, string> = {};
+    for (const h of ['content-type', 'retry-after', 'x-pivot-next-after'])
+      if (typeof res.headers[h] === 'string') headers[h] = res.headers[h];
+    return { status: res.statusCode, headers, ...(body ? { body } : {}) };
   }
 }

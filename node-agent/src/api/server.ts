@@ -9,10 +9,33 @@ import type { BatchRequest } from '../replication/protocol.ts';
 import { MSGPACK, packr } from '../replication/transport.ts';
 import { dataRoutes, MAX_VALUE_BYTES, serveData } from './data.ts';
 import { ApiError, errorBody, toApiError } from './errors.ts';
-import { errorAnswer, type ForwardBatch, type ForwardBatchAnswer } from './forward.ts';
+import { errorAnswer, MAX_BATCH, type ForwardBatch, type ForwardBatchAnswer } from './forward.ts';
 import { watchRoutes } from './watch.ts';
 
 const OPEN_ROUTES = new Set(['/healthz', '/readyz', '/metrics']);
+
+const FORWARD_BATCH_SCHEMA = {
+  type: 'object',
+  required: ['epoch', 'from', 'requests'],
+  properties: {
+    epoch: { type: 'integer', minimum: 0 },
+    from: { type: 'string' },
+    requests: {
+      type: 'array',
+      maxItems: MAX_BATCH,
+      items: {
+        type: 'object',
+        required: ['method', 'url'],
+        properties: {
+          method: { enum: ['GET', 'PUT', 'POST', 'DELETE'] },
+          url: { type: 'string', pattern: '^/v1/data/' },
+          ifMatch: { type: 'string' },
+          body: { type: 'string' },
+        },
+      },
+    },
+  },
+} as const;
 const INTERNAL_BODY_LIMIT = 256 << 20;
 
 export function tokenMatches(header: string | undefined, token: string): boolean {
@@ -140,18 +163,20 @@ export async function buildServer(agent: Agent): Promise<FastifyInstance> {
       return reply.type(MSGPACK).send(packr.pack(out));
     });
   internal<BatchRequest>('batch', (b) => agent.handleBatch(b));
-  app.post('/_pivot/v1/forward', { bodyLimit: INTERNAL_BODY_LIMIT }, async (req, reply) => {
-    const batch = req.body as ForwardBatch | undefined;
-    if (!batch || typeof batch.epoch !== 'number' || !Array.isArray(batch.requests))
-      throw new ApiError(400, 'INVALID_BODY', 'forward bodies are MessagePack { epoch, from, requests }');
-    // The sender's map may be newer than ours: then we are fenced until it arrives here too.
-    agent.observeEpoch(batch.epoch);
-    const answers = await Promise.all(
-      batch.requests.map((r) => serveData(agent, r, true).catch((e: unknown) => errorAnswer(e, req.log))),
-    );
-    agent.metrics.forwarded.inc(batch.requests.length);
-    return reply.type(MSGPACK).send(packr.pack({ answers } satisfies ForwardBatchAnswer));
-  });
+  app.post<{ Body: ForwardBatch }>(
+    '/_pivot/v1/forward',
+    { bodyLimit: INTERNAL_BODY_LIMIT, schema: { body: FORWARD_BATCH_SCHEMA } },
+    async (req, reply) => {
+      const batch = req.body;
+      // The sender's map may be newer than ours: then we are fenced until it arrives here too.
+      agent.observeEpoch(batch.epoch);
+      const answers = await Promise.all(
+        batch.requests.map((r) => serveData(agent, r, true).catch((e: unknown) => errorAnswer(e, req.log))),
+      );
+      agent.metrics.forwarded.inc(batch.requests.length);
+      return reply.type(MSGPACK).send(packr.pack({ answers } satisfies ForwardBatchAnswer));
+    },
+  );
   internal<{ epoch: number; shard: number }>('position', (b) => agent.handlePosition(b));
   internal<{ epoch: number; shard: number; from: number; limit: number }>('log', (b) => agent.handleLog(b));
   internal<{ epoch: number; shard: number; after: (string | number)[] | null }>('snapshot', (b) =>

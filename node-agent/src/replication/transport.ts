@@ -45,7 +45,7 @@ export class PeerClient {
       headers: {
         'content-type': MSGPACK,
         accept: MSGPACK,
-        ...(this.token ? { authorization: `Bearer ${this.token}` } : {}),
+        ...this.authorization(),
       },
     });
     const buf = Buffer.from(await res.body.arrayBuffer());
@@ -64,6 +64,11 @@ export class PeerClient {
       throw error;
     }
     return { value: value as T, bytes: payload.length + buf.length };
+  }
+
+  /** The Authorization header this agent sends its peers (the cluster token), if any. */
+  authorization(): Record<string, string> {
+    return this.token ? { authorization: `Bearer ${this.token}` } : {};
   }
 
   close(): Promise<void> {

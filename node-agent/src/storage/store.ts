@@ -66,6 +66,11 @@ export class Store {
   /** Called after each commit with the entries it made durable, in order. */
   onCommitted: (shard: number, entries: LogEntry[]) => void = () => {};
   private queue: QueuedChange[] = [];
+  /** Set by a failed commit or flush: the cached metas may be ahead of the disk, so nothing more is written. */
+  private broken: Error | undefined;
+  private closing = false;
+  /** Called once when the store breaks; the process should exit and recover from disk. */
+  onFatal: (error: Error) => void = () => {};
   /** Batches are delivered (afterCommit, resolve) in commit order. */
   private delivered: Promise<void> = Promise.resolve();
 
@@ -97,17 +102,22 @@ export class Store {
         await store.wipeShard(m.shard, `data belongs to cluster ${node.clusterUid}, not ${clusterUid}`);
         foreignWiped.push(m.shard);
       }
-      await store.commit(() => store.meta.remove(['map']));
+      await store.commit(() => {
+        store.meta.remove(['map']);
+      });
     }
     store.clusterUid = clusterUid;
     if (!node || node.clusterUid !== clusterUid)
-      await store.commit(() => store.meta.put(['node'], { clusterUid }));
+      await store.commit(() => {
+        store.meta.put(['node'], { clusterUid });
+      });
     for (const m of store.metas.values()) store.durable.set(m.shard, m.seq);
     return { store, foreignWiped };
   }
 
   async close(): Promise<void> {
     this.commitQueued();
+    this.closing = true;
     await this.delivered;
     await this.env.flushed;
     await this.env.close();
@@ -115,11 +125,17 @@ export class Store {
 
   /**
    * Runs `fn` in a write transaction shared with every change queued in this event-loop turn;
-   * resolves once that transaction is committed and on disk. `fn` validates before it writes:
-   * a throw fails only its own change. A failed commit fails every change in it and reloads the
-   * cached shard metas, which may hold changes that never reached the disk.
+   * resolves once that transaction is committed and on disk. `fn` is synchronous and validates
+   * before it writes, so a throw fails only its own change and writes nothing. A failed commit
+   * or fsync breaks the store (fail-stop): every change since fails, `onFatal` is called, and a
+   * restart recovers from what is on disk.
    */
-  private commit<T>(fn: () => T, applied?: (result: T) => [number, LogEntry[]] | undefined): Promise<T> {
+  private commit<T>(
+    fn: () => T extends PromiseLike<unknown> ? never : T,
+    applied?: (result: T) => [number, LogEntry[]] | undefined,
+  ): Promise<T> {
+    if (this.broken) return Promise.reject(this.broken);
+    if (this.closing) return Promise.reject(new Error('storage is closed'));
     return new Promise<T>((resolve, reject) => {
       this.queue.push({
         apply: () => {
@@ -139,23 +155,34 @@ export class Store {
     const batch = this.queue;
     this.queue = [];
     if (batch.length === 0) return;
-    const committed = this.env.transaction(() =>
-      batch.map((c) => {
-        try {
-          return c.apply();
-        } catch (error) {
-          return { error: error as Error };
-        }
-      }),
-    );
+    let committed: Promise<({ applied?: [number, LogEntry[]]; result: unknown } | { error: Error })[]>;
+    try {
+      committed = this.env.transaction(() =>
+        batch.map((c) => {
+          if (this.broken) return { error: this.broken };
+          try {
+            return c.apply();
+          } catch (error) {
+            return { error: error as Error };
+          }
+        }),
+      );
+    } catch (error) {
+      committed = Promise.reject(error as Error); // closed underneath us
+    }
     this.delivered = this.delivered.then(async () => {
       let outcomes: Awaited<typeof committed>;
       try {
         outcomes = await committed;
         await this.env.flushed;
       } catch (error) {
-        this.reloadMetas();
+        this.fail(error as Error);
         for (const c of batch) c.reject(error as Error);
+        return;
+      }
+      if (this.broken) {
+        // Applied on top of a commit that failed: nothing of it may be acknowledged or sent on.
+        for (const c of batch) c.reject(this.broken);
         return;
       }
       for (let i = 0; i < batch.length; i++) {
@@ -164,10 +191,24 @@ export class Store {
           batch[i]!.reject(outcome.error);
           continue;
         }
-        if (outcome.applied) this.afterCommit(outcome.applied[0], outcome.applied[1]);
+        try {
+          if (outcome.applied) this.afterCommit(outcome.applied[0], outcome.applied[1]);
+        } catch (error) {
+          // A listener's bug must not stall the commits behind it; the change itself is on disk.
+          this.onListenerError(error as Error);
+        }
         batch[i]!.resolve(outcome.result);
       }
     });
+  }
+
+  /** Reports an exception thrown by `onCommitted` (set by the agent to log it). */
+  onListenerError: (error: Error) => void = () => {};
+
+  private fail(error: Error): void {
+    if (this.broken) return;
+    this.broken = error;
+    this.onFatal(error);
   }
 
   // After an aborted transaction the cached metas may hold changes that never committed.
@@ -238,9 +279,19 @@ export class Store {
     return { found: true as const, items, more };
   }
 
-  // Applies one entry inside the current write transaction.
+  // Applies one entry inside the current write transaction; checks it fully before writing.
   private applyInTxn(m: ShardMeta, e: LogEntry): void {
     const s = m.shard;
+    if (
+      !Number.isInteger(e.seq) ||
+      !Number.isInteger(e.term) ||
+      typeof e.parent !== 'string' ||
+      typeof e.index !== 'string' ||
+      (e.op === 'put'
+        ? !e.record || typeof e.record.data !== 'string' || typeof e.record.created !== 'bigint'
+        : e.op !== 'del')
+    )
+      throw new Error(`malformed log entry at seq ${String(e.seq)}`);
     const old = this.data.get([s, e.parent, e.index]);
     if (old) this.byCreated.remove([s, old.parent, created20(old.created), old.index]);
     if (e.op === 'put') {
@@ -339,10 +390,12 @@ export class Store {
 
   /** Drops log entries below `keepFrom`. */
   async trimLog(shard: number, keepFrom: number): Promise<void> {
-    const m = this.shardMeta(shard);
-    if (keepFrom <= m.firstLogSeq) return;
-    const upTo = Math.min(keepFrom, m.seq + 1);
     await this.commit(() => {
+      // Read at apply time: a wipe may have removed the shard since the trim was decided.
+      const m = this.metas.get(shard);
+      if (!m || !m.complete || this.meta.get(['wipe', shard]) !== undefined) return;
+      if (keepFrom <= m.firstLogSeq) return;
+      const upTo = Math.min(keepFrom, m.seq + 1);
       let freed = 0;
       for (const { key, value } of this.log.getRange({ start: [shard, 0], end: [shard, upTo] })) {
         freed += logEntryBytes(value);
@@ -412,11 +465,12 @@ export class Store {
     await this.commit(() => {
       this.meta.remove(['wipe', shard]);
       this.meta.remove(['shard', shard]);
+      // In the same change, so no later change (a log trim) can write the old meta back.
+      this.metas.delete(shard);
+      this.durable.set(shard, 0);
       record.completed = true;
       this.recordWipe(record);
     });
-    this.metas.delete(shard);
-    this.durable.set(shard, 0);
     return record;
   }
 
@@ -486,7 +540,9 @@ export class Store {
   }
 
   async saveMap(map: ShardMap): Promise<void> {
-    await this.commit(() => this.meta.put(['map'], map));
+    await this.commit(() => {
+      this.meta.put(['map'], map);
+    });
   }
 
   shardsWithData(): number[] {

@@ -147,6 +147,67 @@ describe('Store', () => {
     await reopened.close();
   });
 
+  it('a commit listener that throws does not stall later commits', async () => {
+    const { store } = await Store.open(tempDir(), 'u');
+    const errors: Error[] = [];
+    store.onListenerError = (e) => errors.push(e);
+    let first = true;
+    store.onCommitted = () => {
+      if (first) {
+        first = false;
+        throw new Error('listener bug');
+      }
+    };
+    const write = (shard: number, index: string) =>
+      store.write(shard, (seq) => {
+        const r = rec('', index, index, 1, seq);
+        return { entry: put(1, seq, r), result: r };
+      });
+    await write(0, 'a');
+    await write(1, 'b');
+    expect(errors.map((e) => e.message)).toEqual(['listener bug']);
+    expect([store.get(0, '', 'a')?.data, store.get(1, '', 'b')?.data]).toEqual(['"a"', '"b"']);
+    await store.close();
+  });
+
+  it('a change after close() is refused instead of hanging', async () => {
+    const { store } = await Store.open(tempDir(), 'u');
+    await store.close();
+    await expect(store.trimLog(0, 5)).rejects.toThrow(/closed/);
+  });
+
+  it('a malformed entry fails alone and writes nothing; the rest of the batch commits', async () => {
+    const { store } = await Store.open(tempDir(), 'u');
+    const good = put(1, 1, rec('', 'k', 'ok', 1, 1));
+    const bad = { term: 1, seq: 1, op: 'put', key: 'x', parent: '', index: 'x' } as LogEntry;
+    const [a, b] = await Promise.allSettled([store.applyEntries(0, [good]), store.applyEntries(1, [bad])]);
+    expect(a.status).toBe('fulfilled');
+    expect(b.status === 'rejected' && String(b.reason)).toMatch(/malformed log entry/);
+    expect(store.position(1)).toEqual({ term: 0, seq: 0 });
+    expect(store.readLog(1, 1, 10)).toEqual([]);
+    expect(store.get(0, '', 'k')?.data).toBe('"ok"');
+    await store.close();
+  });
+
+  it('a log trim decided before a wipe does not bring the wiped shard back', async () => {
+    const dir = tempDir();
+    const { store } = await Store.open(dir, 'u');
+    for (let i = 0; i < 5; i++)
+      await store.write(0, (seq) => {
+        const r = rec('', `k${i}`, i, 1, seq);
+        return { entry: put(1, seq, r), result: r };
+      });
+    const wiped = store.wipeShard(0, 'copy removed');
+    const trimmed = store.trimLog(0, 4); // queued behind the wipe's changes
+    await Promise.all([wiped, trimmed]);
+    expect(store.shardsWithData()).toEqual([]);
+    await store.close();
+    const { store: reopened } = await Store.open(dir, 'u');
+    expect(reopened.shardsWithData()).toEqual([]);
+    expect(reopened.position(0)).toEqual({ term: 0, seq: 0 });
+    await reopened.close();
+  });
+
   it('refuses a write that decide() refuses without consuming a seq', async () => {
     const { store } = await Store.open(tempDir(), 'u');
     const out = await store.write(1, () => ({ refused: 'nope' }));
