@@ -383,6 +383,33 @@ describe('failover with writeConcern all (3 agents, rf 3)', () => {
     const content = await c.waitConverged([key]);
     expect(content.get(key)?.data).toEqual({ v: 1 });
   }, 60_000);
+
+  test('a strong read never shows a write that is not acknowledged yet; once it is, it does', async (c) => {
+    const shard = 1;
+    const a = c.map.assignments[shard]!;
+    const down = a.followers[0]!;
+    const coll = c.keyOnShard(shard, 'pending');
+    const key = `${coll}/x`;
+    expect((await c.client(a.pivot).put(key, { v: 'acked' })).status).toBe(200);
+    await c.kill9(down);
+    const w = await c.client(a.pivot).put(key, { v: 'not acked' });
+    expect(w.status).toBe(503);
+    // Stored at the pivot (local reads show its own copy), but it could still be lost.
+    expect((await c.client(a.pivot).get(key, { consistency: 'local' })).body.data).toEqual({
+      v: 'not acked',
+    });
+    const strong = await c.client(a.pivot).get(key);
+    expect(strong.status).toBe(503);
+    expect((await c.client(a.pivot).list(coll)).status).toBe(503);
+    // The follower returns, catches up, and the write is acknowledged by all copies.
+    await c.restart(down);
+    await waitFor(async () => (await c.client(a.pivot).get(key)).status === 200, {
+      timeoutMs: 20_000,
+      message: 'the strong read to succeed once every copy holds the write',
+    });
+    expect((await c.client(a.pivot).get(key)).body.data).toEqual({ v: 'not acked' });
+    expect((await c.client(a.pivot).list(coll)).body.map((o) => o.data)).toEqual([{ v: 'not acked' }]);
+  }, 60_000);
 });
 
 describe('data of another cluster', () => {

@@ -54,6 +54,8 @@ export interface ShardRuntime {
 }
 
 const RECENT_ENTRIES = 2048;
+const keyScope = (parent: string, index: string) => `k\u0000${parent}\u0000${index}`;
+const collectionScope = (parent: string) => `c\u0000${parent}`;
 const TRIM_EVERY_MS = 5000;
 
 /** What is wrong with a map from outside (shape and retry policy first, then consistency). */
@@ -111,6 +113,8 @@ export class Agent implements LinkHost, ForwarderHost {
   private readonly copying = new Set<number>();
   /** Shards taking over as pivot, with the epoch each takeover is for. */
   private readonly establishing = new Map<number, number>();
+  /** Per shard, keys and collections with a write not yet acknowledged, and its seq. */
+  private readonly unacked = new Map<number, Map<string, number>>();
   /** Strong-read confirmation rounds about to start, per shard. */
   private readonly readRounds = new Map<number, Promise<void>>();
   /** Local change feed for watchers: emits `shard` events with committed entries. */
@@ -191,6 +195,7 @@ export class Agent implements LinkHost, ForwarderHost {
       const change = changes.get(a.shard);
       if (wasPivot && role !== 'pivot') {
         this.waiters.failAll(a.shard, unavailable(`shard ${a.shard} moved to pivot ${a.pivot}`));
+        this.unacked.delete(a.shard);
         this.recent.delete(a.shard);
       }
       // A takeover still running for an older epoch stops at the epoch change: start it again.
@@ -627,7 +632,32 @@ export class Agent implements LinkHost, ForwarderHost {
   onProgress(shard: number): void {
     const a = this.map?.assignments[shard];
     if (!a || a.pivot !== this.name) return;
-    this.waiters.committed(shard, this.committedOf(shard));
+    const committed = this.committedOf(shard);
+    this.waiters.committed(shard, committed);
+    const pending = this.unacked.get(shard);
+    if (pending) for (const [scope, seq] of pending) if (seq <= committed) pending.delete(scope);
+  }
+
+  /**
+   * At the pivot: a write is visible in storage from its local commit on, but acknowledged only
+   * once its write concern is met; if this pivot died in between, the write could be gone. A
+   * strong read must not show such a write, so the key and its collection are noted here until
+   * the write is acknowledged, and `awaitAcknowledged` holds a strong read until then.
+   */
+  noteUnacknowledged(shard: number, entry: LogEntry): void {
+    let pending = this.unacked.get(shard);
+    if (!pending) this.unacked.set(shard, (pending = new Map()));
+    pending.set(keyScope(entry.parent, entry.index), entry.seq);
+    pending.set(collectionScope(entry.parent), entry.seq);
+  }
+
+  /** Resolves once no write to the key (or, with `index` undefined, the collection) awaits its write concern. */
+  async awaitAcknowledged(shard: number, parent: string, index: string | undefined): Promise<void> {
+    const scope = index === undefined ? collectionScope(parent) : keyScope(parent, index);
+    for (let seq = this.unacked.get(shard)?.get(scope); seq !== undefined;) {
+      await this.awaitWriteConcern(shard, seq);
+      seq = this.unacked.get(shard)?.get(scope);
+    }
   }
 
   onPeerDown(_peer: string): void {

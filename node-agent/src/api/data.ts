@@ -188,6 +188,12 @@ export async function serveData(agent: Agent, req: DataRequest, forwarded: boole
         if (rt.role !== 'pivot') return toPivot();
         agent.writable(shard);
         await agent.confirmLeadership(shard);
+        // Nothing may show a write that could still be lost; the read follows in the same tick.
+        await agent.awaitAcknowledged(
+          shard,
+          parsed.kind === 'single' ? (parsed.collection ?? '') : parsed.collection,
+          parsed.kind === 'single' ? parsed.index : undefined,
+        );
       } else if (rt.role === 'none') {
         return toPivot(); // no copy here
       } else if (rt.state === 'wiping' || !agent.store.shardMeta(shard).complete) {
@@ -240,6 +246,7 @@ async function write(
     return { entry, result: d };
   });
   if (out.result instanceof ApiError || !out.entry) throw out.result;
+  agent.noteUnacknowledged(shard, out.entry);
   try {
     await agent.awaitWriteConcern(shard, out.entry.seq);
   } catch (error) {
@@ -264,9 +271,9 @@ async function forward(agent: Agent, req: DataRequest, shard: number): Promise<D
   const policy = agent.policy();
   try {
     return await withRetry(
-      // Each attempt may take as long as the pivot's own longest wait, so it is never abandoned
-      // while the pivot is still working on it.
-      { ...policy, timeoutMs: agent.forwardTimeoutMs() },
+      // A write's attempt may take as long as the pivot's own longest wait (its write concern),
+      // so it is never abandoned while the pivot still works on it; a read may be re-asked.
+      read ? policy : { ...policy, timeoutMs: agent.forwardTimeoutMs() },
       async (signal) => {
         const pivot = agent.shards.get(shard)?.pivot;
         if (!pivot || pivot === agent.name || !agent.client(pivot))
