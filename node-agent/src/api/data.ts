@@ -316,6 +316,8 @@ export function dataRoutes(agent: Agent) {
     app.route<{ Querystring: Query }>({
       method: ['GET', 'PUT', 'POST', 'DELETE'],
       url: '/v1/data/*',
+      // Explicit, so no content-type parser's own (internal, larger) limit applies here.
+      bodyLimit: MAX_VALUE_BYTES + 1024,
       handler: async (req, reply) => {
         const h = req.headers['if-match'];
         const answer = await serveData(
