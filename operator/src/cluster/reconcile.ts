@@ -415,23 +415,20 @@ export class PivotClusterReconciler {
     ].map(withAppliedHash);
     const namespace = cluster.metadata!.namespace!;
     const key = `${namespace}/${cluster.metadata!.name}`;
-    // Independent objects: applied concurrently, so a new cluster waits for one round trip, not four.
-    await Promise.all(
-      children.map(async (child) => {
-        const id = `${key}/${child.kind}/${child.metadata!.name}`;
-        const live = this.d.caches.child(child.kind!, namespace, child.metadata!.name!);
-        if (childUpToDate(child, live, this.applied.get(id))) return;
-        const result = await this.d.objects.patch(
-          child,
-          undefined,
-          undefined,
-          FIELD_MANAGER,
-          true,
-          PatchStrategy.ServerSideApply,
-        );
-        this.applied.set(id, ownershipFingerprint(result));
-      }),
-    );
+    for (const child of children) {
+      const id = `${key}/${child.kind}/${child.metadata!.name}`;
+      const live = this.d.caches.child(child.kind!, namespace, child.metadata!.name!);
+      if (childUpToDate(child, live, this.applied.get(id))) continue;
+      const result = await this.d.objects.patch(
+        child,
+        undefined,
+        undefined,
+        FIELD_MANAGER,
+        true,
+        PatchStrategy.ServerSideApply,
+      );
+      this.applied.set(id, ownershipFingerprint(result));
+    }
   }
 
   /** Pushes the recorded map to every answering agent that has not applied it. Returns the agents not reached. */
