@@ -51,7 +51,9 @@ export function ownershipFingerprint(live: KubernetesObject): string {
  * True when applying `desired` (stamped by withAppliedHash) to `live` would change nothing: live
  * carries the same hash and either nobody changed its ownership since our last apply
  * (`rememberedFingerprint`, the fingerprint of what that apply returned), or our apply is the only
- * writer of the object's fields (after a restart, when nothing is remembered).
+ * writer of the object's fields (after a restart, when nothing is remembered). Known gap: a field of
+ * ours that someone removed while no operator ran leaves no other writer behind, so it comes back
+ * only with the next change of the desired object.
  */
 export function childUpToDate(
   desired: KubernetesObject,
