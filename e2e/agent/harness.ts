@@ -329,6 +329,8 @@ export interface ShardStatus {
   position: { term: number; seq: number };
   committedSeq: number;
   lagSeq: number;
+  /** At the pivot: each follower's replication state. */
+  followers?: { name: string; applied: number; serving: boolean; mode: string; down: boolean }[];
   /** The shard's log: first seq still held and its approximate size. */
   log: { firstSeq: number; bytes: number };
 }
@@ -653,6 +655,26 @@ export class Cluster {
         const d = await client.delete(key);
         if (d.status !== 204) throw new Error(`deleting probe ${key} answered ${d.status}: ${d.text}`);
       }),
+    );
+    // A write succeeds with a majority; a test that then kills one copy needs the others to be
+    // streaming already, not backed off after answering late at start.
+    let lagging = '';
+    await waitFor(
+      async () => {
+        for (const name of this.running()) {
+          for (const s of (await this.status(name)).shards) {
+            const bad = (s.followers ?? []).filter(
+              (f) => this.running().includes(f.name) && (f.down || !f.serving || f.mode !== 'stream'),
+            );
+            if (bad.length) {
+              lagging = `${name} shard ${s.shard}: ${JSON.stringify(bad)}`;
+              return false;
+            }
+          }
+        }
+        return true;
+      },
+      { timeoutMs, intervalMs: 100, message: () => `every running follower to stream (${lagging})` },
     );
   }
 

@@ -17,7 +17,7 @@ import {
   type StoredRecord,
 } from '../storage/records.ts';
 import { ApiError, unavailable } from './errors.ts';
-import { APPLIED, HTTP_FORWARDED, type DataAnswer, type DataRequest } from './forward.ts';
+import { APPLIED, HTTP_FORWARDED, NotDelivered, type DataAnswer, type DataRequest } from './forward.ts';
 
 export const MAX_VALUE_BYTES = 1 << 20;
 export const MAX_PAGE = 10_000;
@@ -303,8 +303,9 @@ async function forward(agent: Agent, req: DataRequest, shard: number): Promise<D
   }
 }
 
-/** The request surely never reached the peer: the connection was refused or never made. */
+/** The request surely never reached a handler at the peer: refused as a batch, or no connection. */
 function neverConnected(error: unknown): boolean {
+  if (error instanceof NotDelivered) return true;
   for (let e = error as { code?: string; cause?: unknown } | undefined; e; e = e.cause as typeof e)
     if (e.code && ['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT'].includes(e.code))
       return true;

@@ -4,7 +4,7 @@
 // peer's keep-alive pool, and each comes back with its own answer. One internal call per batch
 // instead of one HTTP request per client request is most of what a forwarded request costs.
 import type { FastifyBaseLogger } from 'fastify';
-import { peerError, type PeerClient } from '../replication/transport.ts';
+import { MSGPACK, packr, type PeerClient } from '../replication/transport.ts';
 import { errorBody, toApiError } from './errors.ts';
 
 /** A public data request, as the receiving agent got it (auth already checked there). */
@@ -30,8 +30,26 @@ export interface ForwardBatch {
   requests: DataRequest[];
 }
 
-export interface ForwardBatchAnswer {
-  answers: DataAnswer[];
+/** One answer of a forward batch, streamed as soon as its request is done. */
+export interface ForwardFrame {
+  i: number;
+  answer: DataAnswer;
+}
+
+export const FORWARD_STREAM = 'application/x-pivot-forward-stream';
+
+/** A length-prefixed frame of the forward stream. */
+export function forwardFrame(frame: ForwardFrame): Buffer {
+  const payload = packr.pack(frame);
+  const out = Buffer.allocUnsafe(4 + payload.length);
+  out.writeUInt32BE(payload.length, 0);
+  payload.copy(out, 4);
+  return out;
+}
+
+/** The batch surely reached no request handler at the pivot: resending is safe. */
+export class NotDelivered extends Error {
+  override readonly name = 'NotDelivered';
 }
 
 /** Most requests, and request bytes, one forward call carries; the rest go in further calls. */
@@ -125,32 +143,59 @@ export class Forwarder {
   }
 
   private async call(peer: string, batch: Pending[]): Promise<void> {
+    const client = this.host.client(peer);
+    if (!client) {
+      for (const p of batch) p.reject(new NotDelivered(`unknown agent ${peer}`));
+      return;
+    }
+    const body: ForwardBatch = {
+      epoch: this.host.epoch(),
+      from: this.host.name,
+      requests: batch.map((p) => p.request),
+    };
+    const timeout = new AbortController();
+    const timer = setTimeout(
+      () => timeout.abort(new Error(`${peer} did not answer a forward batch in time`)),
+      this.host.forwardTimeoutMs(),
+    );
+    const answered = new Array<boolean>(batch.length).fill(false);
     try {
-      const client = this.host.client(peer);
-      if (!client) throw new Error(`unknown agent ${peer}`);
-      const body: ForwardBatch = {
-        epoch: this.host.epoch(),
-        from: this.host.name,
-        requests: batch.map((p) => p.request),
-      };
-      const timeout = new AbortController();
-      const timer = setTimeout(
-        () => timeout.abort(new Error(`${peer} did not answer a forward batch in time`)),
-        this.host.forwardTimeoutMs(),
-      );
-      const { value } = await client
-        .call<ForwardBatchAnswer>('/_pivot/v1/forward', body, timeout.signal)
-        .finally(() => clearTimeout(timer));
-      if (value?.answers?.length !== batch.length)
-        throw new Error(`${peer} answered a forward batch of ${batch.length} with a malformed reply`);
-      batch.forEach((p, i) => p.resolve(value.answers[i]!));
-    } catch (error) {
-      if (peerError(error)?.status === 404) {
-        // A pivot from before batched forwarding (a rolling update is under way).
-        for (const p of batch) this.sendOverHttp(peer, p).then(p.resolve, p.reject);
-        return;
+      const res = await client.pool.request({
+        method: 'POST',
+        path: '/_pivot/v1/forward',
+        body: packr.pack(body),
+        signal: timeout.signal,
+        headers: { 'content-type': MSGPACK, accept: FORWARD_STREAM, ...client.authorization() },
+      });
+      if (res.statusCode !== 200) {
+        const text = (await res.body.text()).slice(0, 300);
+        if (res.statusCode === 404) {
+          // A pivot from before batched forwarding (a rolling update is under way).
+          for (const p of batch) this.sendOverHttp(peer, p).then(p.resolve, p.reject);
+          return;
+        }
+        // Refused as a whole (auth, shape, shutting down): none of it was served.
+        throw new NotDelivered(`${peer} refused a forward batch: HTTP ${res.statusCode} ${text}`);
       }
-      for (const p of batch) p.reject(error as Error);
+      // Answers arrive as each request finishes: length-prefixed MessagePack `{ i, answer }`.
+      let buffered: Buffer = Buffer.alloc(0);
+      for await (const chunk of res.body as AsyncIterable<Buffer>) {
+        buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
+        while (buffered.length >= 4 && buffered.length >= 4 + buffered.readUInt32BE(0)) {
+          const size = buffered.readUInt32BE(0);
+          const { i, answer } = packr.unpack(buffered.subarray(4, 4 + size)) as ForwardFrame;
+          buffered = buffered.subarray(4 + size);
+          if (!Number.isInteger(i) || i < 0 || i >= batch.length || answered[i])
+            throw new Error(`${peer} sent a malformed forward answer`);
+          answered[i] = true;
+          batch[i]!.resolve(answer);
+        }
+      }
+      if (answered.includes(false)) throw new Error(`${peer} ended a forward batch before answering all`);
+    } catch (error) {
+      batch.forEach((p, i) => answered[i] || p.reject(error as Error));
+    } finally {
+      clearTimeout(timer);
     }
   }
 

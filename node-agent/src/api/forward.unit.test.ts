@@ -2,10 +2,19 @@ import { afterEach, describe, expect, it } from '@jest/globals';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { packr, PeerClient } from '../replication/transport.ts';
-import { Forwarder, MAX_BATCH, type DataAnswer, type DataRequest, type ForwardBatch } from './forward.ts';
+import {
+  FORWARD_STREAM,
+  forwardFrame,
+  Forwarder,
+  MAX_BATCH,
+  NotDelivered,
+  type DataRequest,
+  type ForwardBatch,
+} from './forward.ts';
 
-// A stand-in pivot on loopback: records what arrives and answers each forwarded request with
-// its own URL, so the test can tell which answer went to which request.
+// A stand-in pivot on loopback: records what arrives and streams each forwarded request's answer
+// (its own URL, so the test can tell which went where) after `delayMs(url)`, last request first
+// unless delays say otherwise. `cutAfter` ends the stream after that many answers.
 interface Seen {
   path: string;
   headers: IncomingMessage['headers'];
@@ -13,7 +22,12 @@ interface Seen {
   body?: string;
 }
 
-async function fakePivot(options: { batchRoute: boolean }) {
+async function fakePivot(options: {
+  batchRoute: boolean;
+  delayMs?: (url: string) => number;
+  cutAfter?: number;
+  status?: number;
+}) {
   const seen: Seen[] = [];
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
@@ -27,9 +41,24 @@ async function fakePivot(options: { batchRoute: boolean }) {
         }
         const batch = packr.unpack(raw) as ForwardBatch;
         seen.push({ path: req.url, headers: req.headers, batch });
-        const answers: DataAnswer[] = batch.requests.map((r) => ({ status: 200, body: `"${r.url}"` }));
-        res.writeHead(200, { 'content-type': 'application/x-msgpack' });
-        return res.end(packr.pack({ answers }));
+        if (options.status) {
+          res.writeHead(options.status, { 'content-type': 'application/json' });
+          return res.end('{"error":{"code":"NOT_READY","message":"shutting down"}}');
+        }
+        res.writeHead(200, { 'content-type': FORWARD_STREAM });
+        let sent = 0;
+        batch.requests.forEach((r, i) =>
+          setTimeout(
+            () => {
+              if (options.cutAfter !== undefined && sent === options.cutAfter) return void res.destroy();
+              sent++;
+              res.write(forwardFrame({ i, answer: { status: 200, body: `"${r.url}"` } }));
+              if (sent === batch.requests.length) res.end();
+            },
+            options.delayMs?.(r.url) ?? 0,
+          ),
+        );
+        return;
       }
       seen.push({ path: req.url!, headers: req.headers, body: raw.toString() });
       res.writeHead(201, { 'content-type': 'application/json', 'retry-after': '3' });
@@ -47,8 +76,8 @@ describe('Forwarder', () => {
     for (const c of cleanup.splice(0)) await c();
   });
 
-  async function setup(batchRoute: boolean) {
-    const pivot = await fakePivot({ batchRoute });
+  async function setup(batchRoute: boolean, options: Parameters<typeof fakePivot>[0] = { batchRoute }) {
+    const pivot = await fakePivot({ ...options, batchRoute });
     const client = new PeerClient(pivot.url, 'secret');
     cleanup.push(() => client.close(), pivot.close);
     const forwarder = new Forwarder({
@@ -92,6 +121,32 @@ describe('Forwarder', () => {
     expect(http.headers.authorization).toBe('Bearer secret');
     expect(http.headers['if-match']).toBe('"1.4"');
     expect(http.body).toBe('{"i":5}');
+  });
+
+  it('each answer arrives as soon as its request is done: a slow one does not hold up the rest', async () => {
+    const { forwarder } = await setup(true, {
+      batchRoute: true,
+      delayMs: (url) => (url.endsWith('k1') ? 400 : 0),
+    });
+    const order: number[] = [];
+    await Promise.all([1, 2, 3].map((i) => forwarder.send('agent-1', put(i)).then(() => order.push(i))));
+    expect(order).toEqual([2, 3, 1]);
+  });
+
+  it('a stream cut short keeps the answers that arrived and rejects only the rest', async () => {
+    const { forwarder } = await setup(true, {
+      batchRoute: true,
+      delayMs: (url) => Number(url.slice(-1)) * 50,
+      cutAfter: 2,
+    });
+    const results = await Promise.allSettled([1, 2, 3].map((i) => forwarder.send('agent-1', put(i))));
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'rejected']);
+    expect(results[2]!.status === 'rejected' && results[2]!.reason).not.toBeInstanceOf(NotDelivered);
+  });
+
+  it('a batch refused as a whole is NotDelivered (safe to resend)', async () => {
+    const { forwarder } = await setup(true, { batchRoute: true, status: 503 });
+    await expect(forwarder.send('agent-1', put(1))).rejects.toBeInstanceOf(NotDelivered);
   });
 
   it('an unknown peer or an aborted wait rejects only that request', async () => {

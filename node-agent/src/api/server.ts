@@ -9,7 +9,7 @@ import type { BatchRequest } from '../replication/protocol.ts';
 import { MSGPACK, packr } from '../replication/transport.ts';
 import { dataRoutes, MAX_VALUE_BYTES, serveData } from './data.ts';
 import { ApiError, errorBody, toApiError } from './errors.ts';
-import { errorAnswer, MAX_BATCH, type ForwardBatch, type ForwardBatchAnswer } from './forward.ts';
+import { errorAnswer, FORWARD_STREAM, forwardFrame, MAX_BATCH, type ForwardBatch } from './forward.ts';
 import { watchRoutes } from './watch.ts';
 
 const OPEN_ROUTES = new Set(['/healthz', '/readyz', '/metrics']);
@@ -170,11 +170,20 @@ export async function buildServer(agent: Agent): Promise<FastifyInstance> {
       const batch = req.body;
       // The sender's map may be newer than ours: then we are fenced until it arrives here too.
       agent.observeEpoch(batch.epoch);
-      const answers = await Promise.all(
-        batch.requests.map((r) => serveData(agent, r, true).catch((e: unknown) => errorAnswer(e, req.log))),
-      );
       agent.metrics.forwarded.inc(batch.requests.length);
-      return reply.type(MSGPACK).send(packr.pack({ answers } satisfies ForwardBatchAnswer));
+      // Each answer goes out as soon as its request is done: a slow write does not hold up the
+      // reads of the same batch.
+      reply.hijack();
+      const res = reply.raw;
+      res.on('error', () => {}); // the sender went away; it treats unanswered requests as lost
+      res.writeHead(200, { 'content-type': FORWARD_STREAM });
+      await Promise.all(
+        batch.requests.map(async (r, i) => {
+          const answer = await serveData(agent, r, true).catch((e: unknown) => errorAnswer(e, req.log));
+          if (!res.destroyed) res.write(forwardFrame({ i, answer }));
+        }),
+      );
+      res.end();
     },
   );
   internal<{ epoch: number; shard: number }>('position', (b) => agent.handlePosition(b));

@@ -57,6 +57,7 @@ export class FollowerLink {
   private readonly abort = new AbortController();
   /** Send time of the last batch the peer accepted at our epoch. */
   private confirmedSentAt = 0;
+  private lastSentAt = 0;
   private confirmWaiters: { after: number; resolve: () => void; reject: (e: Error) => void }[] = [];
 
   constructor(peer: string, client: PeerClient, host: LinkHost) {
@@ -134,8 +135,11 @@ export class FollowerLink {
           const p = this.progressOf(i.shard);
           return i.entries || i.copy || (p.mode === 'probe' && !p.ahead);
         });
-        if (!hasWork && !wantConfirm) {
-          if (items.length > 0) this.schedule(COPY_POLL_MS); // copies in progress: poll them
+        // A copy in progress or a follower ahead of us changes without telling: ask it again,
+        // at most every COPY_POLL_MS (only its answer says that a copy finished, or restarted).
+        const poll = items.length > 0 && performance.now() - this.lastSentAt >= COPY_POLL_MS;
+        if (!hasWork && !wantConfirm && !poll) {
+          if (items.length > 0) this.schedule(COPY_POLL_MS);
           break;
         }
         const ok = await this.send(items);
@@ -151,6 +155,7 @@ export class FollowerLink {
     const epoch = this.host.epoch();
     const request: BatchRequest = { epoch, from: this.host.name, items };
     const sentAt = performance.now();
+    this.lastSentAt = sentAt;
     try {
       const policy = this.host.policy();
       const { value, bytes } = await withRetry(
