@@ -12,6 +12,8 @@ export default async function globalSetup(): Promise<void> {
     nodes: Number(process.env.PIVOT_CLUSTER_NODES ?? 3),
     ownerPid: process.pid,
     build: true,
+    // operator/test/steady-state.test.ts counts the operator's write requests in it.
+    auditLog: true,
     log,
   });
   process.env.KUBECONFIG = cluster.kubeconfigPath;
