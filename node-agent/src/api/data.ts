@@ -275,6 +275,7 @@ async function forward(agent: Agent, req: DataRequest, shard: number): Promise<D
       // so it is never abandoned while the pivot still works on it; a read may be re-asked.
       read ? policy : { ...policy, timeoutMs: agent.forwardTimeoutMs() },
       async (signal) => {
+        last = undefined; // only the last attempt's answer may speak for the outcome
         const pivot = agent.shards.get(shard)?.pivot;
         if (!pivot || pivot === agent.name || !agent.client(pivot))
           throw unavailable(`no pivot reachable for shard ${shard}`);
