@@ -35,10 +35,10 @@ import {
   type TestEnv,
 } from '../operator/test/harness.ts';
 import { GROUP, PLURAL, VERSION, type PivotCluster } from '../operator/src/cluster/types.ts';
+import { RESYNC_MS } from '../operator/src/cluster/reconcile.ts'; // the operator's default resync period
 import { quantile } from './load.ts';
 
 const PROBE = 'probe';
-const RESYNC_MS = 30_000; // the operator's default resync period
 const STEADY_MS = 2 * RESYNC_MS + 5_000;
 const QUEUE = 'pivotcluster';
 const RECONCILES = 'controller_runtime_reconcile_total';

@@ -83,11 +83,4 @@ export async function podHttp<T>(
   return (await res.json()) as T;
 }
 
-export function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+export { isAlive } from '../../hack/local-cluster/cluster.ts';

@@ -54,9 +54,9 @@ export interface ShardRuntime {
 }
 
 const RECENT_ENTRIES = 2048;
+const TRIM_EVERY_MS = 5000;
 const keyScope = (parent: string, index: string) => `k\u0000${parent}\u0000${index}`;
 const collectionScope = (parent: string) => `c\u0000${parent}`;
-const TRIM_EVERY_MS = 5000;
 
 /** What is wrong with a map from outside (shape and retry policy first, then consistency). */
 export function shardMapProblems(map: ShardMap): string[] {
@@ -698,8 +698,7 @@ export class Agent implements LinkHost, ForwarderHost {
    * of them arrived; a call during a running round waits for the next.
    */
   confirmLeadership(shard: number): Promise<void> {
-    const copies = copiesOf(this.map!.assignments[shard]!).length;
-    if (readConfirmations(this.map!.writeConcern, copies) === 0) return Promise.resolve();
+    if (this.confirmationsNeeded(shard) === 0) return Promise.resolve();
     let round = this.readRounds.get(shard);
     if (!round) {
       round = new Promise<void>((started) => setImmediate(started)).then(() => {
@@ -711,10 +710,14 @@ export class Agent implements LinkHost, ForwarderHost {
     return round;
   }
 
+  private confirmationsNeeded(shard: number): number {
+    return readConfirmations(this.map!.writeConcern, copiesOf(this.map!.assignments[shard]!).length);
+  }
+
   private async confirmRound(shard: number): Promise<void> {
-    const a = this.map!.assignments[shard]!;
-    const need = readConfirmations(this.map!.writeConcern, copiesOf(a).length);
+    const need = this.confirmationsNeeded(shard);
     if (need === 0) return; // the map changed since the read arrived
+    const a = this.map!.assignments[shard]!;
     const started = performance.now();
     const confirmations = a.followers.map((f) => this.linkTo(f).confirmAfter(started));
     let timer: NodeJS.Timeout | undefined;

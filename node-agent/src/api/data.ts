@@ -17,11 +17,18 @@ import {
   type StoredRecord,
 } from '../storage/records.ts';
 import { ApiError, unavailable } from './errors.ts';
-import { APPLIED, HTTP_FORWARDED, NotDelivered, type DataAnswer, type DataRequest } from './forward.ts';
+import {
+  APPLIED,
+  HTTP_FORWARDED,
+  JSON_TYPE,
+  NEXT_AFTER,
+  NotDelivered,
+  type DataAnswer,
+  type DataRequest,
+} from './forward.ts';
 
 export const MAX_VALUE_BYTES = 1 << 20;
 export const MAX_PAGE = 10_000;
-const NEXT_AFTER = 'x-pivot-next-after';
 
 /** The key named by a request path after `prefix`, decoded segment by segment. */
 export function keyFromUrl(url: string, prefix: string): string {
@@ -78,10 +85,9 @@ type Decision =
 
 type Query = { limit?: string; after?: string; consistency?: string };
 
-const JSON_TYPE = { 'content-type': 'application/json; charset=utf-8' };
 const recordAnswer = (status: number, r: StoredRecord): DataAnswer => ({
   status,
-  headers: JSON_TYPE,
+  headers: { 'content-type': JSON_TYPE },
   body: recordJson(r),
 });
 
@@ -208,7 +214,7 @@ export async function serveData(agent: Agent, req: DataRequest, forwarded: boole
       const list = agent.store.list(shard, parsed.collection, page!.after, page!.limit);
       if (!list.found)
         throw new ApiError(400, 'INVALID_QUERY', `after names ${page!.after}, which is not in ${parsed.key}`);
-      const headers: Record<string, string> = { ...JSON_TYPE };
+      const headers: Record<string, string> = { 'content-type': JSON_TYPE };
       if (list.more) headers[NEXT_AFTER] = list.items[list.items.length - 1]!.index;
       return { status: 200, headers, body: recordsJson(list.items) };
     }

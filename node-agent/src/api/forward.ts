@@ -1,8 +1,8 @@
 // Forwarding to a shard's pivot. The public requests an agent cannot serve itself (a write for a
 // shard it does not lead, a strong read at a follower) travel to the pivot in batches: every
 // request queued for one peer in an event-loop turn goes in one MessagePack call over the
-// peer's keep-alive pool, and each comes back with its own answer. One internal call per batch
-// instead of one HTTP request per client request is most of what a forwarded request costs.
+// peer's keep-alive pool, and each answer streams back as soon as its request is done. The
+// header names and answer shapes of the data protocol live here, shared by both sides.
 import type { FastifyBaseLogger } from 'fastify';
 import { MSGPACK, packr, type PeerClient } from '../replication/transport.ts';
 import { errorBody, toApiError } from './errors.ts';
@@ -56,6 +56,11 @@ export class NotDelivered extends Error {
 export const MAX_BATCH = 256;
 const MAX_BATCH_BYTES = 32 << 20;
 
+export const JSON_TYPE = 'application/json; charset=utf-8';
+
+/** A collection page that is not the last names the `after` of the next page here. */
+export const NEXT_AFTER = 'x-pivot-next-after';
+
 /** The header agents before batched forwarding sent with a forwarded request. */
 export const HTTP_FORWARDED = 'x-pivot-forwarded';
 
@@ -68,7 +73,7 @@ export function errorAnswer(error: unknown, log: FastifyBaseLogger): DataAnswer 
   return {
     status: e.status,
     headers: {
-      'content-type': 'application/json; charset=utf-8',
+      'content-type': JSON_TYPE,
       ...(e.retryAfterS !== undefined ? { 'retry-after': String(e.retryAfterS) } : {}),
       ...(e.applied ? { [APPLIED]: '1' } : {}),
     },
@@ -216,7 +221,7 @@ export class Forwarder {
     });
     const body = await res.body.text();
     const headers: Record<string, string> = {};
-    for (const h of ['content-type', 'retry-after', 'x-pivot-next-after'])
+    for (const h of ['content-type', 'retry-after', NEXT_AFTER])
       if (typeof res.headers[h] === 'string') headers[h] = res.headers[h];
     return { status: res.statusCode, headers, ...(body ? { body } : {}) };
   }

@@ -88,7 +88,7 @@ export class Store {
    */
   static async open(path: string, clusterUid: string): Promise<{ store: Store; foreignWiped: number[] }> {
     const store = new Store(path);
-    store.reloadMetas();
+    store.loadMetas();
     for (const { key, value } of store.meta.getRange({ start: ['wipe'], end: ['wipe', Infinity] })) {
       await store.wipeShard(
         key[1] as number,
@@ -211,9 +211,7 @@ export class Store {
     this.onFatal(error);
   }
 
-  // After an aborted transaction the cached metas may hold changes that never committed.
-  private reloadMetas(): void {
-    this.metas.clear();
+  private loadMetas(): void {
     for (const { key, value } of this.meta.getRange({ start: ['shard'], end: ['shard', Infinity] }))
       this.metas.set(key[1] as number, value as ShardMeta);
   }

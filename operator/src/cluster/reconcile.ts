@@ -177,7 +177,7 @@ export class PivotClusterReconciler {
     await this.applyChildren(cluster, decision.statefulSetReplicas);
     const pushFailures =
       newAssignments.length > 0
-        ? await this.pushMap(cluster, spec, newEpoch, newAssignments, agents, pods, token, log)
+        ? await this.pushMap(cluster, spec, newEpoch, newAssignments, agents, token, log)
         : 0;
     if (decision.deletePod && pushFailures === 0) {
       await this.d.core.deleteNamespacedPod({ name: decision.deletePod, namespace });
@@ -438,7 +438,6 @@ export class PivotClusterReconciler {
     epoch: number,
     assignments: NonNullable<PivotClusterStatus['assignments']>,
     agents: ReadonlyMap<string, AgentObservation>,
-    pods: readonly V1Pod[],
     token: string | null,
     log: Logger,
   ): Promise<number> {
@@ -466,16 +465,16 @@ export class PivotClusterReconciler {
       assignments,
     };
     const { push, unanswered } = mapPushTargets(agents.values(), epoch);
-    const targets = pods.filter((p) => push.includes(p.metadata!.name!));
+    // Push targets answered their status call, so each has its pod IP.
     const results = await Promise.allSettled(
-      targets.map((p) => this.d.agents.pushMap(agentUrl(p.status!.podIP!), token, map, spec.retryPolicy)),
+      push.map((n) => this.d.agents.pushMap(agentUrl(agents.get(n)!.ip!), token, map, spec.retryPolicy)),
     );
     let failures = 0;
     results.forEach((r, i) => {
       this.d.metrics.mapPushes.inc({ result: r.status === 'fulfilled' ? 'success' : 'error' });
       if (r.status === 'rejected') {
         failures++;
-        log.warn({ agent: targets[i]!.metadata!.name, epoch, err: r.reason }, 'shard map push failed');
+        log.warn({ agent: push[i], epoch, err: r.reason }, 'shard map push failed');
       }
     });
     return failures + unanswered.length;
