@@ -1,8 +1,7 @@
 // Helpers for tests against the local cluster started by global-setup.ts.
-import { readFileSync } from 'node:fs';
 import { apiClient, ApiError, type ApiClient } from '../../hack/local-cluster/api.ts';
 import { certPaths } from '../../hack/local-cluster/certs.ts';
-import type { ClusterState } from '../../hack/local-cluster/cluster.ts';
+import { readClusterState, type ClusterState } from '../../hack/local-cluster/cluster.ts';
 
 export { waitFor } from '../../hack/local-cluster/run.ts';
 
@@ -20,7 +19,7 @@ export function testCluster(): TestCluster {
     throw new Error(
       'PIVOT_CLUSTER_STATE is not set: run through the jest `cluster` project (global-setup.ts)',
     );
-  const state = JSON.parse(readFileSync(statePath, 'utf8')) as ClusterState;
+  const state = readClusterState(statePath);
   const certs = certPaths(state.certDir);
   return {
     state,

@@ -2,7 +2,7 @@
 // removed completely by the next sweep — control plane, kubelet stand-in, pod processes, network
 // namespaces, bridge and files.
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { afterAll, describe, expect, it } from '@jest/globals';
 import { apiClient } from '../../hack/local-cluster/api.ts';
 import { certPaths } from '../../hack/local-cluster/certs.ts';
@@ -10,7 +10,7 @@ import {
   downCluster,
   startLocalCluster,
   sweepAbandonedClusters,
-  type ClusterState,
+  readClusterState,
 } from '../../hack/local-cluster/cluster.ts';
 import { isAlive, isReady, podHttp, testCluster, waitFor, type Pod } from './kube.ts';
 
@@ -24,7 +24,7 @@ describe('local cluster lifecycle', () => {
   it('a cluster whose owner died is swept: no process, namespace, bridge or file is left', async () => {
     const owner = spawn('sleep', ['600'], { stdio: 'ignore' });
     const cluster = await startLocalCluster({ name, nodes: 1, ownerPid: owner.pid, log: () => undefined });
-    const state = JSON.parse(readFileSync(cluster.statePath, 'utf8')) as ClusterState;
+    const state = readClusterState(cluster.statePath);
     const api = apiClient(state.apiServerUrl, certPaths(state.certDir));
     await api.call('POST', '/api/v1/namespaces/default/pods', {
       metadata: { name: 'survivor' },

@@ -92,9 +92,19 @@ export function statePathFor(name: string): string {
   return join(clustersRoot(), name, 'state.json');
 }
 
+/** The state file a cluster was recorded in (LocalCluster.statePath, PIVOT_CLUSTER_STATE). */
+export function readClusterState(statePath: string): ClusterState {
+  return JSON.parse(readFileSync(statePath, 'utf8')) as ClusterState;
+}
+
+/** The state of the cluster recorded under `name`, or undefined when there is none. */
 export async function readState(name: string): Promise<ClusterState | undefined> {
-  const text = await readFile(statePathFor(name), 'utf8').catch(() => undefined);
-  return text === undefined ? undefined : (JSON.parse(text) as ClusterState);
+  try {
+    return readClusterState(statePathFor(name));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
 }
 
 async function writeState(state: ClusterState): Promise<void> {

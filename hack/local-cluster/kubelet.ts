@@ -4,7 +4,7 @@
 //
 //   node hack/local-cluster/kubelet.ts <state.json>     (started by cluster.ts; one process, all nodes)
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, open, rm, writeFile } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { connect } from 'node:net';
@@ -20,18 +20,11 @@ import {
 } from '@kubernetes/client-node';
 import { apiClient, ApiError, apiTime, microTime } from './api.ts';
 import { certPaths } from './certs.ts';
-import type { ClusterState } from './cluster.ts';
+import { readClusterState } from './cluster.ts';
 import { expandReferences, resolveCommand } from './images.ts';
-import {
-  clusterNetwork,
-  createPodNetns,
-  deleteNetns,
-  netnsPids,
-  podNetwork,
-  type PodNetwork,
-} from './netns.ts';
+import { clusterNetwork, createPodNetns, deleteNetns, podNetwork, type PodNetwork } from './netns.ts';
 
-const state = JSON.parse(await readFile(process.argv[2], 'utf8')) as ClusterState;
+const state = readClusterState(process.argv[2]!);
 const net = clusterNetwork(state.subnet);
 const api = apiClient(state.apiServerUrl, certPaths(state.certDir));
 const kc = new KubeConfig();
@@ -291,6 +284,7 @@ class PodWorker {
   key: string;
   dir: string;
   network?: PodNetwork;
+  netnsRemoval?: Promise<void>;
   hostIndex = 0;
   containers: ContainerRun[] = [];
   mountsByContainer = new Map<string, Mount[]>();
@@ -698,7 +692,9 @@ class PodWorker {
     log(`${this.key}: terminating (grace ${graceSeconds}s)`);
     for (const c of this.containers) for (const t of c.timers) clearTimeout(t);
     await Promise.all(this.containers.map((c) => this.stopContainer(c, graceSeconds * 1000)));
-    if (this.network) await deleteNetns(this.network.netns);
+    // Before the API delete: once the pod is gone there, nothing of it may still run (a
+    // StatefulSet creates the successor, with the same volume, at once).
+    await this.removeNetns();
     if (deleteFromApi) {
       const ns = this.pod.metadata!.namespace!;
       await api
@@ -720,11 +716,20 @@ class PodWorker {
     // the namespace of a new pod that has meanwhile been given the same address.
     if (this.cleanedUp) return;
     this.cleanedUp = true;
-    if (this.network) await deleteNetns(this.network.netns);
+    await this.removeNetns();
     releaseHost(this.uid);
     await rm(this.dir, { recursive: true, force: true });
     workers.delete(this.uid);
     log(`${this.key}: removed`);
+  }
+
+  /**
+   * Kills whatever still runs in the pod's namespace and removes it, once: terminate does it before
+   * the API delete, cleanup for a pod deleted without terminate (forced) and shutdown for the rest.
+   */
+  removeNetns(): Promise<void> {
+    if (!this.network) return Promise.resolve();
+    return (this.netnsRemoval ??= deleteNetns(this.network.netns));
   }
 
   condition(type: string, ok: boolean, reason?: string) {
@@ -896,12 +901,7 @@ async function main(): Promise<void> {
 
 async function shutdown(): Promise<void> {
   log('shutting down: killing pod processes');
-  await Promise.all(
-    [...workers.values()].map(async (w) => {
-      if (w.network) for (const pid of await netnsPids(w.network.netns)) process.kill(pid, 'SIGKILL');
-      if (w.network) await deleteNetns(w.network.netns);
-    }),
-  );
+  await Promise.all([...workers.values()].map((w) => w.removeNetns()));
   process.exit(0);
 }
 process.on('SIGTERM', () => void shutdown());

@@ -2,9 +2,9 @@
 // (hack/local-cluster's auditLog option), and a ServiceAccount identity for the operator so its
 // requests are told apart from the tests', the kubelet stand-in's and the controllers'.
 import { KubeConfig, RbacAuthorizationV1Api } from '@kubernetes/client-node';
-import { open, readFile, stat, writeFile } from 'node:fs/promises';
+import { open, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { readState, startLocalCluster, type ClusterState } from '../../hack/local-cluster/cluster.ts';
+import { readClusterState, readState, startLocalCluster } from '../../hack/local-cluster/cluster.ts';
 import { startEnv, type TestEnv } from './harness.ts';
 
 export interface AuditEvent {
@@ -40,9 +40,7 @@ export interface AuditedEnv {
  */
 export async function startAuditedEnv(name: string): Promise<AuditedEnv> {
   const statePath = process.env.PIVOT_CLUSTER_STATE;
-  const shared = statePath
-    ? (JSON.parse(await readFile(statePath, 'utf8')) as ClusterState).auditLogPath
-    : undefined;
+  const shared = statePath ? readClusterState(statePath).auditLogPath : undefined;
   if (shared) return { env: await startEnv(name), auditLogPath: shared };
 
   const own = await startLocalCluster({

@@ -18,7 +18,7 @@ import { mkdtempSync, openSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PivotClient, freePort, waitFor } from '../../e2e/agent/harness.ts';
-import { startLocalCluster, type LocalCluster } from '../../hack/local-cluster/cluster.ts';
+import { readClusterState, startLocalCluster, type LocalCluster } from '../../hack/local-cluster/cluster.ts';
 import { GROUP, PLURAL, VERSION, type PivotCluster } from '../src/cluster/types.ts';
 
 export const REPO_ROOT = new URL('../../', import.meta.url);
@@ -53,9 +53,7 @@ export async function startEnv(name: string): Promise<TestEnv> {
     kubeconfigPath = cluster.kubeconfigPath;
     statePath = cluster.statePath;
   }
-  const binDir = statePath
-    ? (JSON.parse(readFileSync(statePath, 'utf8')) as { binDir: string }).binDir
-    : (process.env.KUBEBUILDER_ASSETS ?? '');
+  const binDir = statePath ? readClusterState(statePath).binDir : (process.env.KUBEBUILDER_ASSETS ?? '');
   const kc = new KubeConfig();
   kc.loadFromFile(kubeconfigPath);
   const objects = KubernetesObjectApi.makeApiClient(kc);

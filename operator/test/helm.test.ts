@@ -16,7 +16,7 @@ import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startLocalCluster, type ClusterState, type LocalCluster } from '../../hack/local-cluster/cluster.ts';
+import { readClusterState, startLocalCluster, type LocalCluster } from '../../hack/local-cluster/cluster.ts';
 import { GROUP, PLURAL, VERSION } from '../src/cluster/types.ts';
 import { REPO_ROOT, pivotCluster, startEnv, waitFor, type TestEnv } from './harness.ts';
 
@@ -64,9 +64,8 @@ describe('helm install charts/pivot on a cluster without the CRD', () => {
       ownerPid: process.pid,
       log: () => {},
     });
-    const state = JSON.parse(readFileSync(cluster.statePath, 'utf8')) as ClusterState;
     target = {
-      binDir: state.binDir,
+      binDir: readClusterState(cluster.statePath).binDir,
       kubeconfigPath: cluster.kubeconfigPath,
       dir: mkdtempSync(join(tmpdir(), 'pivot-helm-crd-')),
     };
