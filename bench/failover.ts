@@ -8,13 +8,13 @@
 // bounded; the namespace, the operator and (unless PIVOT_TEST_KUBECONFIG names an existing
 // cluster) the cluster itself are removed at the end, also on error or Ctrl-C.
 import { cpus, freemem, loadavg, totalmem } from 'node:os';
-import { shardForKey } from '../lib/hash.ts';
 import { PivotClient, closeConnections } from '../e2e/agent/harness.ts';
 import {
   OperatorProcess,
   agentPods,
   authToken,
   createCluster,
+  keyOnShard,
   pivotCluster,
   processId,
   startEnv,
@@ -22,6 +22,7 @@ import {
   type TestEnv,
 } from '../operator/test/harness.ts';
 import { quantile } from './load.ts';
+import { runWithTeardown } from './teardown.ts';
 
 const NAME = 'fo';
 const SHARDS = 8;
@@ -40,15 +41,6 @@ function parseKills(argv: string[]): number {
   }
   if (kills < 1 || kills > 50) throw new Error(`--kills must be 1..50, got ${kills}`);
   return kills;
-}
-
-/** A key whose collection (the routing key) hashes to `shard`; found by counting, bounded. */
-function keyForShard(shard: number, tag: string): string {
-  for (let i = 0; i < 100_000; i++) {
-    const key = `failover-${tag}-${i}/probe`;
-    if (shardForKey(key, SHARDS) === shard) return key;
-  }
-  throw new Error(`no key for shard ${shard} in 100,000 tries`);
 }
 
 /** Clients for the agents that are running and have a pod IP, by pod name. */
@@ -112,7 +104,7 @@ async function killOnce(env: TestEnv, token: string, kill: number): Promise<Kill
   const clients = await clientsByPod(env, token);
   const survivors = [...clients.entries()].filter(([n]) => n !== victim).map(([, c]) => c);
   if (survivors.length === 0) throw new Error('no surviving agent to write through');
-  const keys = new Map(led.map((s) => [s, keyForShard(s, `k${kill}`)]));
+  const keys = new Map(led.map((s) => [s, `${keyOnShard(s, SHARDS, `failover-k${kill}`)}/probe`]));
   // Every led shard takes writes before the kill, so the clock below measures only failover.
   for (const [shard, key] of keys) {
     const reply = await survivors[0]!.put(key, { before: true });
@@ -146,17 +138,7 @@ async function main(): Promise<void> {
   );
   let env: TestEnv | null = null;
   let operator: OperatorProcess | null = null;
-  let tornDown: Promise<void> | null = null;
-  const teardown = () =>
-    (tornDown ??= (async () => {
-      await operator?.stop().catch(() => {});
-      await closeConnections().catch(() => {});
-      await env?.teardown().catch(() => {});
-    })());
-  const onSignal = () => void teardown().finally(() => process.exit(130));
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  try {
+  const body = async () => {
     env = await startEnv('pivot-failover');
     operator = await OperatorProcess.start(env, 'op-bench');
     await createCluster(
@@ -195,15 +177,17 @@ async function main(): Promise<void> {
     console.log(`  p50 ${fmt(quantile(all, 0.5))}   p95 ${fmt(p95)}   max ${fmt(all.at(-1)!)}`);
     console.log(`  target p95 ≤ ${fmt(TARGET_P95_MS)}: ${p95 <= TARGET_P95_MS ? 'met' : 'NOT met'}`);
     console.log(`  load at end ${loadavg()[0]!.toFixed(1)}`);
-  } catch (error) {
-    console.error(`failover bench failed: ${(error as Error).message}`);
-    if (operator) console.error(`--- operator log ---\n${operator.tail(30)}`);
-    process.exitCode = 1;
-  } finally {
-    await teardown();
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-  }
+  };
+  await runWithTeardown({
+    name: 'failover bench',
+    body,
+    cleanup: async () => {
+      await operator?.stop().catch(() => {});
+      await closeConnections().catch(() => {});
+      await env?.teardown().catch(() => {});
+    },
+    failureDetail: () => (operator ? `--- operator log ---\n${operator.tail(30)}` : undefined),
+  });
 }
 
 await main();

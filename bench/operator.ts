@@ -37,6 +37,7 @@ import {
 import { GROUP, PLURAL, VERSION, type PivotCluster } from '../operator/src/cluster/types.ts';
 import { RESYNC_MS } from '../operator/src/cluster/reconcile.ts'; // the operator's default resync period
 import { quantile } from './load.ts';
+import { runWithTeardown } from './teardown.ts';
 
 const PROBE = 'probe';
 const STEADY_MS = 2 * RESYNC_MS + 5_000;
@@ -370,27 +371,13 @@ async function main(): Promise<void> {
   let identity: Identity | null = null;
   let operator: OperatorProcess | null = null;
   let recorder: Recorder | null = null;
-  let tornDown: Promise<void> | null = null;
-  const teardown = () =>
-    (tornDown ??= (async () => {
-      recorder?.stop();
-      await operator?.stop().catch(() => {});
-      await identity?.remove().catch(() => {});
-      await closeConnections().catch(() => {});
-      await env?.teardown().catch((e: Error) => console.error(`teardown: ${e.message}`));
-    })());
-  const onSignal = () => void teardown().finally(() => process.exit(130));
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  try {
+  const body = async () => {
     const audited = await startAuditedEnv('pivot-opbench');
     env = audited.env;
     identity = await serviceAccountIdentity(env, 'pivot-operator');
-    operator = await OperatorProcess.start(
-      { ...env, kubeconfigPath: identity.kubeconfigPath },
-      'op-bench',
-      false,
-    );
+    operator = await OperatorProcess.start({ ...env, kubeconfigPath: identity.kubeconfigPath }, 'op-bench', {
+      leaderElect: false,
+    });
     recorder = new Recorder(operator);
     console.log(`cluster up, operator ${operator.pid} running as ${identity.username}`);
 
@@ -486,7 +473,7 @@ async function main(): Promise<void> {
     operator = await OperatorProcess.start(
       { ...env, kubeconfigPath: identity.kubeconfigPath },
       'op-bench-restarted',
-      false,
+      { leaderElect: false },
     );
     recorder.operator = operator;
     await recorder.begin(`${args.clusters} clusters: operator restarted, first resync`);
@@ -552,15 +539,19 @@ async function main(): Promise<void> {
         .map((l) => l.toFixed(1))
         .join(' ')}`,
     );
-  } catch (error) {
-    console.error(`operator bench failed: ${(error as Error).message}`);
-    if (operator) console.error(`--- operator log ---\n${operator.tail(30)}`);
-    process.exitCode = 1;
-  } finally {
-    await teardown();
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-  }
+  };
+  await runWithTeardown({
+    name: 'operator bench',
+    body,
+    cleanup: async () => {
+      recorder?.stop();
+      await operator?.stop().catch(() => {});
+      await identity?.remove().catch(() => {});
+      await closeConnections().catch(() => {});
+      await env?.teardown().catch((e: Error) => console.error(`teardown: ${e.message}`));
+    },
+    failureDetail: () => (operator ? `--- operator log ---\n${operator.tail(30)}` : undefined),
+  });
 }
 
 await main();

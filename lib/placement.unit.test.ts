@@ -6,16 +6,26 @@ import { copiesOf, type ShardAssignment } from './shard-map.ts';
 const agentsNamed = (n: number): PlacementAgent[] =>
   Array.from({ length: n }, (_, i) => ({ name: `a-${i}` }));
 
-const loads = (map: ShardAssignment[], agents: PlacementAgent[]) => {
+/** Copies and pivots per agent (in `agents` order), and copies per node of agents that have one. */
+const counts = (map: ShardAssignment[], agents: PlacementAgent[]) => {
   const copies = new Map(agents.map((a) => [a.name, 0]));
   const pivots = new Map(agents.map((a) => [a.name, 0]));
+  const perNode = new Map<string, number>();
   for (const s of map) {
-    for (const c of copiesOf(s)) copies.set(c, copies.get(c)! + 1);
+    for (const c of copiesOf(s)) {
+      copies.set(c, copies.get(c)! + 1);
+      const node = agents.find((a) => a.name === c)!.node;
+      if (node !== undefined) perNode.set(node, (perNode.get(node) ?? 0) + 1);
+    }
     pivots.set(s.pivot, pivots.get(s.pivot)! + 1);
   }
-  const spread = (m: Map<string, number>) => Math.max(...m.values()) - Math.min(...m.values());
-  return { copies: spread(copies), pivots: spread(pivots) };
+  return {
+    copies: [...copies.values()],
+    pivots: [...pivots.values()],
+    perNode: Object.fromEntries(perNode),
+  };
 };
+const spread = (xs: number[]) => Math.max(...xs) - Math.min(...xs);
 
 const moves = (before: ShardAssignment[], after: ShardAssignment[]) =>
   after.reduce((n, s, i) => n + copiesOf(s).filter((c) => !copiesOf(before[i]!).includes(c)).length, 0);
@@ -36,7 +46,7 @@ describe('placeShards', () => {
     const map = placeShards({ shards, replicationFactor: rf, agents: agentsNamed(agents) });
     expect(map).toHaveLength(shards);
     for (const s of map) expect(copiesOf(s)).toHaveLength(Math.min(rf, agents));
-    expect(loads(map, agentsNamed(agents)).copies).toBeLessThanOrEqual(1);
+    expect(spread(counts(map, agentsNamed(agents)).copies)).toBeLessThanOrEqual(1);
   });
 
   it('never puts two copies of a shard on one agent, fills rf, balances copies and pivots', () => {
@@ -50,9 +60,9 @@ describe('placeShards', () => {
           expect(new Set(c).size).toBe(c.length);
           expect(c).toHaveLength(Math.min(rf, agents));
         }
-        const l = loads(map, as);
-        expect(l.copies).toBeLessThanOrEqual(1);
-        expect(l.pivots).toBeLessThanOrEqual(1);
+        const got = counts(map, as);
+        expect(spread(got.copies)).toBeLessThanOrEqual(1);
+        expect(spread(got.pivots)).toBeLessThanOrEqual(1);
       }),
     );
   });
@@ -107,7 +117,7 @@ describe('placeShards', () => {
           });
           const total = shards * Math.min(rf, agents + 1);
           expect(moves(before, grown)).toBeLessThanOrEqual(Math.ceil(total / (agents + 1)) + agents);
-          expect(loads(grown, [...as, { name: 'z-new' }]).copies).toBeLessThanOrEqual(1);
+          expect(spread(counts(grown, [...as, { name: 'z-new' }]).copies)).toBeLessThanOrEqual(1);
         },
       ),
     );
@@ -147,33 +157,13 @@ describe('placeShards', () => {
 
   it('balances pivots when shards are fewer than agents', () => {
     const as = agentsNamed(7);
-    expect(loads(placeShards({ shards: 6, replicationFactor: 3, agents: as }), as)).toEqual({
-      copies: 1,
-      pivots: 1,
-    });
+    const got = counts(placeShards({ shards: 6, replicationFactor: 3, agents: as }), as);
+    expect({ copies: spread(got.copies), pivots: spread(got.pivots) }).toEqual({ copies: 1, pivots: 1 });
   });
 
   // Spread versus balance (docs/decisions.md §15): spread wins up to a majority, balance beyond.
   const onNodes = (prefix: string, nodes: string[]): PlacementAgent[] =>
     nodes.map((node, i) => ({ name: `${prefix}-${i}`, node }));
-  const counts = (map: ShardAssignment[], agents: PlacementAgent[]) => {
-    const copies = new Map(agents.map((a) => [a.name, 0]));
-    const pivots = new Map(agents.map((a) => [a.name, 0]));
-    const perNode = new Map<string, number>();
-    for (const s of map) {
-      for (const c of copiesOf(s)) {
-        copies.set(c, copies.get(c)! + 1);
-        const node = agents.find((a) => a.name === c)!.node!;
-        perNode.set(node, (perNode.get(node) ?? 0) + 1);
-      }
-      pivots.set(s.pivot, pivots.get(s.pivot)! + 1);
-    }
-    return {
-      copies: [...copies.values()],
-      pivots: [...pivots.values()],
-      perNode: Object.fromEntries(perNode),
-    };
-  };
   /** The most copies of one shard on one domain (`key` picks node or zone). */
   const worstCrowding = (map: ShardAssignment[], agents: PlacementAgent[], key: 'node' | 'zone') =>
     Math.max(
@@ -186,7 +176,6 @@ describe('placeShards', () => {
         return Math.max(...per.values());
       }),
     );
-  const spread = (xs: number[]) => Math.max(...xs) - Math.min(...xs);
 
   it.each([
     {
@@ -294,14 +283,7 @@ describe('placeShards', () => {
             Math.max(cap, bestCrowding(agents, key, rf)),
           );
           for (const s of map) expect(new Set(copiesOf(s)).size).toBe(Math.min(rf, agents.length));
-          expect(
-            spread(
-              counts(
-                map,
-                agents.map((a) => ({ ...a, node: a.node ?? a.zone })),
-              ).pivots,
-            ),
-          ).toBeLessThanOrEqual(1);
+          expect(spread(counts(map, agents).pivots)).toBeLessThanOrEqual(1);
           expect(placeShards({ shards, replicationFactor: rf, agents: [...agents].reverse() })).toEqual(map);
           expect(placeShards({ shards, replicationFactor: rf, agents, previous: map })).toEqual(map);
         }),

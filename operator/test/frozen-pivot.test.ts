@@ -3,13 +3,13 @@
 // it: a push to an agent that did not answer its status call would hold the reconcile for the whole
 // retry policy each time, delaying this cluster's failover and every other cluster's work.
 import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
-import { shardForKey } from '../../lib/hash.ts';
 import {
   OperatorProcess,
   agentClients,
   agentPods,
   createCluster,
   getCluster,
+  keyOnShard,
   pivotCluster,
   processId,
   startEnv,
@@ -28,7 +28,7 @@ let operator: OperatorProcess | null = null;
 
 beforeAll(async () => {
   env = await startEnv('pivot-frozen');
-  operator = await OperatorProcess.start(env, 'op-frozen', false);
+  operator = await OperatorProcess.start(env, 'op-frozen', { leaderElect: false });
 }, 240_000);
 
 afterAll(async () => {
@@ -38,11 +38,6 @@ afterAll(async () => {
 
 const failedPushes = async (op: OperatorProcess) =>
   Number(/^pivot_shard_map_pushes_total\{result="error"\} (\d+)$/m.exec(await op.metrics())?.[1] ?? 0);
-
-function keyForShard(shard: number): string {
-  for (let i = 0; i < 10_000; i++) if (shardForKey(`frozen-${i}/k`, SHARDS) === shard) return `frozen-${i}/k`;
-  throw new Error(`no key for shard ${shard}`);
-}
 
 describe('a frozen pivot', () => {
   it('is failed over, writes go on, and no map push is spent on it', async () => {
@@ -68,7 +63,7 @@ describe('a frozen pivot', () => {
       );
       expect(after.status!.epoch).toBeGreaterThan(before.status!.epoch!);
       for (const shard of led) {
-        const key = keyForShard(shard);
+        const key = `${keyOnShard(shard, SHARDS, 'frozen')}/k`;
         await waitFor(async () => (await survivor.put(key, { shard })).status === 200, {
           timeoutMs: 20_000,
           message: `a write to shard ${shard} after its pivot froze`,

@@ -8,7 +8,6 @@
 import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
 import type { V1Pod } from '@kubernetes/client-node';
 import { shardForKey } from '../../lib/hash.ts';
-import type { PivotClient } from '../../e2e/agent/harness.ts';
 import type { AgentStatus } from '../src/cluster/types.ts';
 import {
   OperatorProcess,
@@ -16,6 +15,8 @@ import {
   agentPods,
   createCluster,
   getCluster,
+  keysOnShard,
+  notReadBack,
   pivotCluster,
   processId,
   startEnv,
@@ -48,34 +49,6 @@ const failure = (what: string) => () => `${what}\n--- operator log ---\n${operat
 const isReady = (pod: V1Pod | undefined) =>
   pod?.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
 
-/** `perShard` keys on each of `shards`, named `${prefix}-<n>`. */
-function keysOn(shards: number[], prefix: string, perShard: number): string[] {
-  const keys: string[] = [];
-  for (let i = 0; keys.length < shards.length * perShard; i++) {
-    if (i > 10_000) throw new Error(`no ${perShard} keys found on each of shards ${shards.join(',')}`);
-    const key = `${prefix}-${i}`; // the routing key is the first path segment
-    const shard = shardForKey(key, SHARDS);
-    if (shards.includes(shard) && keys.filter((k) => shardForKey(k, SHARDS) === shard).length < perShard)
-      keys.push(key);
-  }
-  return keys;
-}
-
-/** Every key reads back with its data from `client` (strong reads). */
-async function expectContent(
-  name: string,
-  client: PivotClient,
-  written: Map<string, unknown>,
-): Promise<void> {
-  const wrong: string[] = [];
-  for (const [key, data] of written) {
-    const reply = await client.get(key, { consistency: 'strong' });
-    if (reply.status !== 200 || JSON.stringify(reply.body.data) !== JSON.stringify(data))
-      wrong.push(`${key}: ${reply.status} ${reply.text.slice(0, 120)}`);
-  }
-  expect({ agent: name, wrong }).toEqual({ agent: name, wrong: [] });
-}
-
 describe('notReadyGracePeriod', () => {
   it('a pivot killed with -9 and Ready again within the grace period keeps its shards; writes to them succeed', async () => {
     await createCluster(
@@ -97,7 +70,7 @@ describe('notReadyGracePeriod', () => {
 
     // Acknowledged writes on the victim's shards before the kill (through another agent).
     const written = new Map<string, unknown>();
-    for (const key of keysOn(victimShards, 'before', 3)) {
+    for (const key of victimShards.flatMap((s) => keysOnShard(s, SHARDS, 'before', 3))) {
       const data = { key, phase: 'before' };
       const reply = await other[1].put(key, data);
       expect({ key, status: reply.status }).toEqual({ key, status: 200 });
@@ -173,7 +146,7 @@ describe('notReadyGracePeriod', () => {
         .map((s) => s.shard)
         .sort((a, b) => a - b),
     ).toEqual(victimShards);
-    const afterKeys = keysOn(victimShards, 'after', 2);
+    const afterKeys = victimShards.flatMap((s) => keysOnShard(s, SHARDS, 'after', 2));
     for (const [i, key] of afterKeys.entries()) {
       const data = { key, phase: 'after' };
       const via = i % 2 === 0 ? victimClient : after.get(other[0])!;
@@ -184,7 +157,8 @@ describe('notReadyGracePeriod', () => {
       expect(ok).toBe(true);
       written.set(key, data);
     }
-    for (const [name, client] of after) await expectContent(name, client, written);
+    for (const [name, client] of after)
+      expect({ agent: name, wrong: await notReadBack(client, written) }).toEqual({ agent: name, wrong: [] });
     const final = await getCluster(env, NAME);
     expect({ epoch: final.status!.epoch, assignments: final.status!.assignments }).toEqual({
       epoch: before.status!.epoch,

@@ -18,6 +18,7 @@ import { mkdtempSync, openSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PivotClient, freePort, waitFor } from '../../e2e/agent/harness.ts';
+import { shardForKey } from '../../lib/hash.ts';
 import { readClusterState, startLocalCluster, type LocalCluster } from '../../hack/local-cluster/cluster.ts';
 import { GROUP, PLURAL, VERSION, type PivotCluster } from '../src/cluster/types.ts';
 
@@ -94,6 +95,13 @@ export async function startEnv(name: string): Promise<TestEnv> {
   };
 }
 
+export interface OperatorOptions {
+  /** --leader-elect; default true. */
+  leaderElect?: boolean;
+  /** More operator flags (docs/operations.md), e.g. `--resync-period=2s`. */
+  flags?: string[];
+}
+
 /** One operator process from this work tree, talking to the test cluster. */
 export class OperatorProcess {
   readonly identity: string;
@@ -101,18 +109,22 @@ export class OperatorProcess {
   readonly logFile: string;
   private child: ChildProcess | null = null;
   private readonly env: TestEnv;
-  private readonly leaderElect: boolean;
+  private readonly options: OperatorOptions;
 
-  private constructor(env: TestEnv, identity: string, metricsPort: number, leaderElect: boolean) {
+  private constructor(env: TestEnv, identity: string, metricsPort: number, options: OperatorOptions) {
     this.env = env;
     this.identity = identity;
     this.metricsPort = metricsPort;
-    this.leaderElect = leaderElect;
+    this.options = options;
     this.logFile = join(env.dir, `${identity}.log`);
   }
 
-  static async start(env: TestEnv, identity: string, leaderElect = true): Promise<OperatorProcess> {
-    const op = new OperatorProcess(env, identity, await freePort(), leaderElect);
+  static async start(
+    env: TestEnv,
+    identity: string,
+    options: OperatorOptions = {},
+  ): Promise<OperatorProcess> {
+    const op = new OperatorProcess(env, identity, await freePort(), options);
     op.spawn();
     await waitFor(async () => (await fetch(`http://127.0.0.1:${op.metricsPort}/readyz`)).ok, {
       timeoutMs: 30_000,
@@ -131,8 +143,9 @@ export class OperatorProcess {
         `--lease-namespace=${this.env.namespace}`,
         `--identity=${this.identity}`,
         `--metrics-addr=127.0.0.1:${this.metricsPort}`,
-        `--leader-elect=${this.leaderElect}`,
+        `--leader-elect=${this.options.leaderElect ?? true}`,
         '--log-level=debug',
+        ...(this.options.flags ?? []),
       ],
       { env: { ...process.env, KUBECONFIG: this.env.kubeconfigPath }, stdio: ['ignore', out, out] },
     );
@@ -172,6 +185,40 @@ export class OperatorProcess {
       return '(no log)';
     }
   }
+}
+
+// ---- keys and data ----
+
+/**
+ * `count` top-level keys `${prefix}-<n>` that land on `shard` of `shards` (each also names a
+ * collection there), as the agent harness's Cluster.keyOnShard finds them.
+ */
+export function keysOnShard(shard: number, shards: number, prefix: string, count: number): string[] {
+  const keys: string[] = [];
+  for (let i = 0; keys.length < count; i++) {
+    if (i >= 100_000)
+      throw new Error(`no ${count} keys with prefix ${prefix} on shard ${shard} of ${shards}`);
+    const key = `${prefix}-${i}`;
+    if (shardForKey(key, shards) === shard) keys.push(key);
+  }
+  return keys;
+}
+
+export const keyOnShard = (shard: number, shards: number, prefix: string): string =>
+  keysOnShard(shard, shards, prefix, 1)[0]!;
+
+/**
+ * The keys of `written` that do not read back from `client` (strong reads) with the data written,
+ * each with the answer it got: `[]` when every one does.
+ */
+export async function notReadBack(client: PivotClient, written: Map<string, unknown>): Promise<string[]> {
+  const wrong: string[] = [];
+  for (const [key, data] of written) {
+    const reply = await client.get(key, { consistency: 'strong' });
+    if (reply.status !== 200 || JSON.stringify(reply.body.data) !== JSON.stringify(data))
+      wrong.push(`${key}: ${reply.status} ${reply.text.slice(0, 120)}`);
+  }
+  return wrong;
 }
 
 // ---- PivotCluster helpers ----

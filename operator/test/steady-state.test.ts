@@ -28,23 +28,20 @@ let env: TestEnv;
 let auditLogPath: string;
 let identity: Identity | null = null;
 let operator: OperatorProcess | null = null;
-const resyncBefore = process.env.PIVOT_OPERATOR_RESYNC_PERIOD;
+/** Leader election off; the kubeconfig makes the operator the ServiceAccount. */
+const startOperator = (name: string) =>
+  OperatorProcess.start({ ...env, kubeconfigPath: identity!.kubeconfigPath }, name, {
+    leaderElect: false,
+    flags: [`--resync-period=${RESYNC_MS}ms`],
+  });
 
 beforeAll(async () => {
   ({ env, auditLogPath } = await startAuditedEnv('pivot-steady'));
   identity = await serviceAccountIdentity(env, 'pivot-operator');
-  // OperatorProcess passes the environment on; the kubeconfig makes it the ServiceAccount.
-  process.env.PIVOT_OPERATOR_RESYNC_PERIOD = `${RESYNC_MS}ms`;
-  operator = await OperatorProcess.start(
-    { ...env, kubeconfigPath: identity.kubeconfigPath },
-    'op-steady',
-    false,
-  );
+  operator = await startOperator('op-steady');
 }, 240_000);
 
 afterAll(async () => {
-  if (resyncBefore === undefined) delete process.env.PIVOT_OPERATOR_RESYNC_PERIOD;
-  else process.env.PIVOT_OPERATOR_RESYNC_PERIOD = resyncBefore;
   await operator?.stop();
   await identity?.remove().catch(() => {});
   await env?.teardown();
@@ -112,11 +109,7 @@ describe('an unchanged PivotCluster', () => {
   it('is left as it is by a restarted operator, which remembers nothing of its applies', async () => {
     await operator!.stop();
     const mark = await auditMark(auditLogPath);
-    operator = await OperatorProcess.start(
-      { ...env, kubeconfigPath: identity!.kubeconfigPath },
-      'op-steady-restarted',
-      false,
-    );
+    operator = await startOperator('op-steady-restarted');
     await sleep(RESYNCS * RESYNC_MS + 500); // the observation window itself, not a wait for something
     const reconciled = await waitFor(
       async () => {
