@@ -3,7 +3,7 @@
 // in replication/history.ts.
 import { EventEmitter } from 'node:events';
 import type { FastifyBaseLogger } from 'fastify';
-import { backoffDelay, withRetry, type RetryPolicy } from '../../lib/retry.ts';
+import { backoffDelay, sleep, withRetry, type RetryPolicy } from '../../lib/retry.ts';
 import {
   copiesOf,
   diffShardMaps,
@@ -24,9 +24,11 @@ import {
   committedSeq,
   extendsPivot,
   isPrefixOf,
+  leaseHolds,
   mostAdvanced,
   promotionQuorum,
   readConfirmations,
+  readLeaseMs,
   type Position,
 } from './replication/history.ts';
 import type {
@@ -117,6 +119,13 @@ export class Agent implements LinkHost, ForwarderHost {
   private readonly unacked = new Map<number, Map<string, number>>();
   /** Strong-read confirmation rounds about to start, per shard. */
   private readonly readRounds = new Map<number, Promise<void>>();
+  /** Read-lease promises this agent gave as a follower: per shard, to which pivots, until when. */
+  private readonly promises = new Map<number, { pivot: string; until: number }[]>();
+  /**
+   * Promises given before a restart are forgotten: an agent that had a map before (it may have
+   * promised) honours them all until a lease after its start. A first start promised nothing.
+   */
+  private forgottenPromisesUntil = 0;
   /** Local change feed for watchers: emits `shard` events with committed entries. */
   readonly changes = new EventEmitter();
   private trimTimer: NodeJS.Timeout | undefined;
@@ -170,6 +179,8 @@ export class Agent implements LinkHost, ForwarderHost {
       throw staleEpoch(next.epoch, Math.max(this.epoch(), this.seenEpoch));
     if (this.map && next.epoch === this.map.epoch && source !== 'storage') return;
     const before = source === 'storage' ? null : this.map;
+    if (source === 'storage')
+      this.forgottenPromisesUntil = performance.now() + readLeaseMs(next.retryPolicy.timeoutMs);
     this.map = next;
     this.seenEpoch = Math.max(this.seenEpoch, next.epoch);
     if (source !== 'storage') await this.store.saveMap(next);
@@ -307,6 +318,7 @@ export class Agent implements LinkHost, ForwarderHost {
       rt.state = 'promoting';
       for (let round = 1; !this.closed && this.epoch() === epoch && !this.fenced(); round++) {
         try {
+          // No promises to outwait: this agent waited them out when it took the shard in this term.
           await this.confirmLeadership(shard);
           rt.state = 'serving';
           for (const link of this.links.values()) link.kick();
@@ -366,6 +378,8 @@ export class Agent implements LinkHost, ForwarderHost {
           ) {
             await this.catchUpFrom(best.name, shard, best.answer, epoch);
           }
+          // A pivot the old one may still be serving lease reads as: wait out our promises to it.
+          await this.outwaitPromises(shard, this.name);
           if (this.epoch() !== epoch) return;
           await this.store.startTerm(shard, epoch);
           rt.term = epoch;
@@ -461,8 +475,10 @@ export class Agent implements LinkHost, ForwarderHost {
   async handleBatch(req: BatchRequest): Promise<BatchAnswer> {
     this.checkEpoch(req.epoch);
     this.heardFrom(req.from);
+    if (req.epoch === this.epoch()) this.promise(req.from);
     const items = await Promise.all(
       req.items.map(async (item): Promise<BatchItemAnswer> => {
+        if (item.entries?.length || item.copy) await this.outwaitPromises(item.shard, req.from);
         const rt = this.shards.get(item.shard);
         const answer = (extra: Partial<BatchItemAnswer> = {}) => ({
           shard: item.shard,
@@ -504,6 +520,31 @@ export class Agent implements LinkHost, ForwarderHost {
       }),
     );
     return { epoch: this.epoch(), items };
+  }
+
+  /**
+   * Read-lease promise (history.ts) to `pivot` for every shard this agent follows from it in the
+   * map it shares with the sender: no entries of those shards from another agent, no takeover.
+   */
+  private promise(pivot: string): void {
+    const now = performance.now();
+    const until = now + readLeaseMs(this.policy().timeoutMs);
+    for (const a of this.map!.assignments) {
+      if (a.pivot !== pivot || !a.followers.includes(this.name)) continue;
+      const given = (this.promises.get(a.shard) ?? []).filter((p) => p.until > now && p.pivot !== pivot);
+      given.push({ pivot, until });
+      this.promises.set(a.shard, given);
+    }
+  }
+
+  /** Waits until no promise given to another pivot of `shard` than `pivot` holds any longer. */
+  private async outwaitPromises(shard: number, pivot: string): Promise<void> {
+    const until = Math.max(
+      this.forgottenPromisesUntil,
+      ...(this.promises.get(shard) ?? []).filter((p) => p.pivot !== pivot).map((p) => p.until),
+    );
+    const wait = until - performance.now();
+    if (wait > 0) await sleep(wait, this.abort.signal);
   }
 
   handlePosition(req: { epoch: number; shard: number; from?: string }): PositionAnswer {
@@ -698,7 +739,13 @@ export class Agent implements LinkHost, ForwarderHost {
    * of them arrived; a call during a running round waits for the next.
    */
   confirmLeadership(shard: number): Promise<void> {
-    if (this.confirmationsNeeded(shard) === 0) return Promise.resolve();
+    const need = this.confirmationsNeeded(shard);
+    if (need === 0) return Promise.resolve();
+    if (this.holdsReadLease(shard, need)) {
+      this.metrics.strongReads.inc({ via: 'lease' });
+      return Promise.resolve();
+    }
+    this.metrics.strongReads.inc({ via: 'round' });
     let round = this.readRounds.get(shard);
     if (!round) {
       round = new Promise<void>((started) => setImmediate(started)).then(() => {
@@ -708,6 +755,17 @@ export class Agent implements LinkHost, ForwarderHost {
       this.readRounds.set(shard, round);
     }
     return round;
+  }
+
+  /** Enough followers' read-lease promises still hold: no newer pivot can have acknowledged a write. */
+  private holdsReadLease(shard: number, need: number): boolean {
+    const rt = this.shards.get(shard);
+    if (rt?.role !== 'pivot' || rt.state !== 'serving' || this.fenced()) return false;
+    const epoch = this.epoch();
+    const granted = this.map!.assignments[shard]!.followers.map(
+      (f) => this.links.get(f)?.promisedAt(epoch) ?? 0,
+    );
+    return leaseHolds(granted, need, readLeaseMs(this.policy().timeoutMs), performance.now());
   }
 
   private confirmationsNeeded(shard: number): number {

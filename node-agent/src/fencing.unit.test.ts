@@ -10,6 +10,7 @@ import { Agent, shardMapProblems } from './agent.ts';
 import { ApiError } from './api/errors.ts';
 import { createMetrics } from './metrics.ts';
 import { CommitWaiters } from './replication/commit-waiters.ts';
+import type { LogEntry } from './storage/records.ts';
 import { Store } from './storage/store.ts';
 
 const cleanups: (() => Promise<void>)[] = [];
@@ -37,7 +38,7 @@ const map = (epoch: number, pivot = 'me', rf = 1): ShardMap => ({
   })),
 });
 
-async function agentWith(first: ShardMap) {
+async function agentWith(first: ShardMap, source = 'test') {
   const dir = mkdtempSync(join(tmpdir(), 'pivot-fence-'));
   const { store } = await Store.open(dir, 'c');
   const agent = new Agent(
@@ -60,7 +61,7 @@ async function agentWith(first: ShardMap) {
     await store.close();
     rmSync(dir, { recursive: true, force: true });
   });
-  await agent.applyMap(first, 'test');
+  await agent.applyMap(first, source);
   return agent;
 }
 
@@ -121,6 +122,69 @@ describe('fencing', () => {
     const agent = await agentWith(map(5));
     const answer = await agent.handleBatch({ epoch: 5, from: 'other', items: [{ shard: 0, pivotSeq: 1 }] });
     expect(answer.items[0]!.refused).toMatch(/not the pivot/);
+  });
+});
+
+describe('read-lease promises', () => {
+  const LEASE = 100; // readLeaseMs(policy.timeoutMs = 200)
+  const entry = (term: number, seq: number): LogEntry => ({
+    term,
+    seq,
+    op: 'put',
+    key: 'k',
+    parent: '',
+    index: 'k',
+    record: {
+      key: 'k',
+      parent: '',
+      index: 'k',
+      created: 1n,
+      updated: 1n,
+      version: `${term}.${seq}`,
+      data: '1',
+    },
+  });
+
+  it('a follower takes no entries from a new pivot until its promise to the old one has run out', async () => {
+    const agent = await agentWith(map(5, 'other', 2));
+    const promisedAt = performance.now();
+    await agent.handleBatch({ epoch: 5, from: 'other', items: [] });
+    await agent.applyMap(map(6, 'third', 2), 'push');
+    const answer = await agent.handleBatch({
+      epoch: 6,
+      from: 'third',
+      items: [{ shard: 0, pivotSeq: 1, prev: { term: 0, seq: 0 }, entries: [entry(6, 1)] }],
+    });
+    expect(performance.now() - promisedAt).toBeGreaterThanOrEqual(LEASE - 1);
+    expect(answer.items[0]).toMatchObject({ shard: 0, position: { term: 6, seq: 1 } });
+    // Promised to the new pivot now: its next entries apply.
+    await agent.handleBatch({
+      epoch: 6,
+      from: 'third',
+      items: [{ shard: 0, pivotSeq: 2, prev: { term: 6, seq: 1 }, entries: [entry(6, 2)] }],
+    });
+    expect(agent.store.position(0)).toEqual({ term: 6, seq: 2 });
+  });
+
+  it('a follower promoted while its promise to the old pivot holds takes the shard over only after it', async () => {
+    const agent = await agentWith(map(5, 'other', 2));
+    const promisedAt = performance.now();
+    await agent.handleBatch({ epoch: 5, from: 'other', items: [] });
+    await agent.applyMap(map(6, 'me', 2), 'push'); // majority of 2: this copy alone may take over
+    await until(() => agent.shards.get(0)?.state === 'serving', 'shard 0 to be taken over');
+    expect(performance.now() - promisedAt).toBeGreaterThanOrEqual(LEASE - 1);
+  });
+
+  it('a restarted follower takes no entries for a lease after its start (its promises were in memory)', async () => {
+    const beforeStart = performance.now();
+    const agent = await agentWith(map(5, 'other', 2), 'storage');
+    await agent.handleBatch({
+      epoch: 5,
+      from: 'other',
+      items: [{ shard: 0, pivotSeq: 1, prev: { term: 0, seq: 0 }, entries: [entry(5, 1)] }],
+    });
+    expect(performance.now() - beforeStart).toBeGreaterThanOrEqual(LEASE - 1);
+    expect(agent.store.position(0)).toEqual({ term: 5, seq: 1 });
   });
 });
 

@@ -44,6 +44,12 @@ export function createMetrics() {
       help: 'Public requests other agents forwarded here as the pivot (in batches)',
       registers,
     }),
+    strongReads: new Counter({
+      name: 'pivot_strong_read_confirmations_total',
+      help: 'Strong reads served at a pivot, by how its leadership was confirmed: a read lease or a confirmation round',
+      labelNames: ['via'] as const,
+      registers,
+    }),
     retries: new Counter({
       name: 'pivot_retries_total',
       help: 'Retried agent-to-agent calls',

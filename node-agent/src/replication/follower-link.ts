@@ -57,6 +57,9 @@ export class FollowerLink {
   private readonly abort = new AbortController();
   /** Send time of the last batch the peer accepted at our epoch. */
   private confirmedSentAt = 0;
+  /** Send time of the last batch the peer accepted at our epoch and answered at it (a read-lease promise), and that epoch. */
+  private promisedSentAt = 0;
+  private promisedEpoch = 0;
   private lastSentAt = 0;
   private confirmWaiters: { after: number; resolve: () => void; reject: (e: Error) => void }[] = [];
 
@@ -87,6 +90,11 @@ export class FollowerLink {
       return;
     }
     void this.pump();
+  }
+
+  /** Send time of the peer's newest read-lease promise at `epoch` (history.ts), 0 when none. */
+  promisedAt(epoch: number): number {
+    return this.promisedEpoch === epoch ? this.promisedSentAt : 0;
   }
 
   /** Resolves once a batch sent at or after `after` was accepted (strong-read confirmation). */
@@ -171,6 +179,11 @@ export class FollowerLink {
       this.health = HEALTHY;
       this.host.metrics.peerDown.set({ peer: this.peer }, 0);
       if (epoch === this.host.epoch()) this.confirm(sentAt);
+      // Answered at our epoch: the peer's map names us the pivot of the shards it follows from us.
+      if (value.epoch === epoch && sentAt > this.promisedSentAt) {
+        this.promisedSentAt = sentAt;
+        this.promisedEpoch = epoch;
+      }
       this.absorb(value, items);
       return true;
     } catch (error) {

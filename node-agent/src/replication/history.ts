@@ -140,3 +140,34 @@ export function committedSeq(
 export function readConfirmations(writeConcern: WriteConcern, copies: number): number {
   return Math.max(0, copies - requiredCopies(writeConcern, copies));
 }
+
+/**
+ * Read leases. A follower that accepts a batch from the shard's pivot at its own epoch promises
+ * that pivot, for `leaseMs` of its own clock from receipt, to take no entries of that shard from
+ * any other agent and not to take the shard over itself. The pivot counts each promise from the
+ * batch's send time (before the receipt) and gives up `LEASE_DRIFT` of it for clocks that tick at
+ * different rates, so its lease ends before any promise does.
+ */
+export const MAX_LEASE_MS = 1000;
+export const LEASE_DRIFT = 0.1;
+
+/** Half the per-attempt timeout (a held batch must not time out), at most MAX_LEASE_MS. */
+export function readLeaseMs(timeoutMs: number): number {
+  return Math.min(MAX_LEASE_MS, Math.floor(timeoutMs / 2));
+}
+
+/**
+ * Whether the pivot may serve a strong read at `now` without a confirmation round: `need`
+ * followers sent a promise that still holds (`grantedAt`: send time of each follower's newest
+ * batch accepted at this epoch, 0 when none).
+ */
+export function leaseHolds(
+  grantedAt: readonly number[],
+  need: number,
+  leaseMs: number,
+  now: number,
+): boolean {
+  if (need === 0) return true;
+  const until = leaseMs * (1 - LEASE_DRIFT);
+  return grantedAt.filter((t) => t > 0 && now < t + until).length >= need;
+}

@@ -6,9 +6,11 @@ import {
   decideCatchUp,
   extendsPivot,
   isPrefixOf,
+  leaseHolds,
   mostAdvanced,
   promotionQuorum,
   readConfirmations,
+  readLeaseMs,
   termAt,
   type TermStart,
 } from './history.ts';
@@ -196,6 +198,46 @@ describe('quorums', () => {
     ];
     expect(mostAdvanced(answers)?.name).toBe('b');
     expect(mostAdvanced([])).toBeUndefined();
+  });
+});
+
+describe('read leases', () => {
+  it.each([
+    [2000, 1000],
+    [1000, 500],
+    [300, 150],
+    [60_000, 1000],
+  ])('a %i ms per-attempt timeout gives %i ms promises', (timeout, lease) => {
+    expect(readLeaseMs(timeout)).toBe(lease);
+  });
+
+  // Lease 1000 ms: a promise counts for 900 ms from the batch's send time.
+  it.each([
+    ['no follower needed (writeConcern all)', [], 0, 5000, true],
+    ['one fresh promise, one needed', [1000, 0], 1, 1500, true],
+    ['the promise ran out (drift margin included)', [1000, 0], 1, 1900, false],
+    ['just inside the margin', [1000], 1, 1899, true],
+    ['never granted (0) counts for nothing', [0, 0], 1, 1, false],
+    ['two needed, only one fresh', [1000, 100], 2, 1500, false],
+    ['two needed, both fresh', [1000, 1200], 2, 1800, true],
+  ] as const)('%s', (_name, granted, need, now, holds) => {
+    expect(leaseHolds(granted, need, 1000, now)).toBe(holds);
+  });
+
+  it('a pivot lease always ends before the promise it rests on, whatever the send-to-receipt delay (property)', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 1_000_000 }),
+        fc.integer({ min: 0, max: 5000 }),
+        fc.integer({ min: 20, max: 60_000 }),
+        fc.integer({ min: 0, max: 100_000 }),
+        (sentAt, delay, timeout, now) => {
+          const lease = readLeaseMs(timeout);
+          const promiseEnds = sentAt + delay + lease; // the follower's clock, started at receipt
+          if (leaseHolds([sentAt], 1, lease, now)) expect(now).toBeLessThan(promiseEnds);
+        },
+      ),
+    );
   });
 });
 
