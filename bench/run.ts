@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util';
 import { Cluster, REPO_ROOT, waitFor } from '../e2e/agent/harness.ts';
 import { EtcdCluster, etcdPut, etcdRange, etcdTemplate, findEtcd } from './etcd.ts';
 import { runLoad, type LoadResult, type Request } from './load.ts';
+import { cpuSecondsOf, rssMiB } from './proc.ts';
 import { runWrk, wrkAvailable, type RequestTemplate } from './wrk.ts';
 
 const { values: flags } = parseArgs({
@@ -78,35 +79,8 @@ interface Row {
   load: [number, number];
 }
 
-/** Resident memory of a process in MiB: all of it, and the anonymous part (heap, not mapped files). */
-function rssMiB(pid: number): { total: number; anon: number } {
-  try {
-    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    const kb = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? 0);
-    return { total: kb('VmRSS') / 1024, anon: kb('RssAnon') / 1024 };
-  } catch {
-    return { total: 0, anon: 0 };
-  }
-}
-
-/** CPU seconds (user + system) used so far by the system's processes, from /proc/<pid>/stat. */
-function cpuSeconds(system: System): number {
-  let ticks = 0;
-  for (const { pid } of system.processes()) {
-    try {
-      // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      ticks += Number(fields[11]) + Number(fields[12]);
-    } catch {
-      // exited between listing and reading
-    }
-  }
-  return ticks / CLOCK_TICKS_PER_SECOND;
-}
-
-// USER_HZ: 100 on every Linux this runs on (getconf CLK_TCK).
-const CLOCK_TICKS_PER_SECOND = 100;
+/** CPU seconds (user + system) used so far by the system's processes. */
+const cpuSeconds = (system: System) => cpuSecondsOf(system.processes().map((p) => p.pid));
 
 /**
  * Runs one closed-loop phase and adds the server CPU it cost per operation. Request i uses key
