@@ -24,7 +24,9 @@ import {
   committedSeq,
   extendsPivot,
   isPrefixOf,
+  LEASE_DRIFT,
   leaseHolds,
+  MAX_LEASE_MS,
   mostAdvanced,
   promotionQuorum,
   readConfirmations,
@@ -123,9 +125,12 @@ export class Agent implements LinkHost, ForwarderHost {
   private readonly promises = new Map<number, { pivot: string; until: number }[]>();
   /**
    * Promises given before a restart are forgotten: an agent that had a map before (it may have
-   * promised) honours them all until a lease after its start. A first start promised nothing.
+   * promised under it) honours them all until a lease after its start. Promises are given only
+   * under a map saved to disk, so a first start promised nothing.
    */
   private forgottenPromisesUntil = 0;
+  /** The newest map on disk: promises are given only under it (a restart must know of them). */
+  private savedEpoch = 0;
   /** Local change feed for watchers: emits `shard` events with committed entries. */
   readonly changes = new EventEmitter();
   private trimTimer: NodeJS.Timeout | undefined;
@@ -179,11 +184,12 @@ export class Agent implements LinkHost, ForwarderHost {
       throw staleEpoch(next.epoch, Math.max(this.epoch(), this.seenEpoch));
     if (this.map && next.epoch === this.map.epoch && source !== 'storage') return;
     const before = source === 'storage' ? null : this.map;
-    if (source === 'storage')
-      this.forgottenPromisesUntil = performance.now() + readLeaseMs(next.retryPolicy.timeoutMs);
+    // The promises may have been given under an older map with a longer timeout: the longest lease.
+    if (source === 'storage') this.forgottenPromisesUntil = performance.now() + MAX_LEASE_MS;
     this.map = next;
     this.seenEpoch = Math.max(this.seenEpoch, next.epoch);
     if (source !== 'storage') await this.store.saveMap(next);
+    this.savedEpoch = Math.max(this.savedEpoch, next.epoch);
     this.metrics.epoch.set(next.epoch);
     this.log.info({ epoch: next.epoch, source }, 'shard map applied');
 
@@ -319,7 +325,7 @@ export class Agent implements LinkHost, ForwarderHost {
       for (let round = 1; !this.closed && this.epoch() === epoch && !this.fenced(); round++) {
         try {
           // No promises to outwait: this agent waited them out when it took the shard in this term.
-          await this.confirmLeadership(shard);
+          await this.confirmRound(shard);
           rt.state = 'serving';
           for (const link of this.links.values()) link.kick();
           return;
@@ -338,7 +344,7 @@ export class Agent implements LinkHost, ForwarderHost {
         (n) => n !== this.name,
       );
       for (let round = 1; !this.closed && this.epoch() === epoch; round++) {
-        const answers: { name: string; position: Position; answer: PositionAnswer }[] = [];
+        const answers: { name: string; position: Position; answer: PositionAnswer; at: number }[] = [];
         if (meta.complete || this.store.shardMeta(shard).complete) {
           const m = this.store.shardMeta(shard);
           answers.push({
@@ -352,6 +358,7 @@ export class Agent implements LinkHost, ForwarderHost {
               history: m.history,
               firstLogSeq: m.firstLogSeq,
             },
+            at: performance.now(),
           });
         }
         const asked = await Promise.allSettled(
@@ -362,7 +369,7 @@ export class Agent implements LinkHost, ForwarderHost {
               { epoch, shard, from: this.name },
               AbortSignal.any([AbortSignal.timeout(this.policy().timeoutMs), this.abort.signal]),
             );
-            return { name, position: value.position, answer: value };
+            return { name, position: value.position, answer: value, at: performance.now() };
           }),
         );
         for (const r of asked) if (r.status === 'fulfilled' && r.value.answer.complete) answers.push(r.value);
@@ -378,8 +385,17 @@ export class Agent implements LinkHost, ForwarderHost {
           ) {
             await this.catchUpFrom(best.name, shard, best.answer, epoch);
           }
-          // A pivot the old one may still be serving lease reads as: wait out our promises to it.
-          await this.outwaitPromises(shard, this.name);
+          // The old pivot may still serve reads under promises of the copies that answered (and
+          // ours): wait them out. It cannot rest on copies that did not answer — the answers and
+          // its lease's promisers intersect, as a promotion quorum and a read quorum do.
+          const promised = Math.max(
+            this.promisedMs(shard, this.name),
+            // Counted from receipt (after the answer was made), longer by the drift margin.
+            ...answers.map(
+              (a) => (a.answer.promisedMs ?? 0) * (1 + LEASE_DRIFT) - (performance.now() - a.at),
+            ),
+          );
+          if (promised > 0) await sleep(promised, this.abort.signal);
           if (this.epoch() !== epoch) return;
           await this.store.startTerm(shard, epoch);
           rt.term = epoch;
@@ -475,10 +491,12 @@ export class Agent implements LinkHost, ForwarderHost {
   async handleBatch(req: BatchRequest): Promise<BatchAnswer> {
     this.checkEpoch(req.epoch);
     this.heardFrom(req.from);
-    if (req.epoch === this.epoch()) this.promise(req.from);
     const items = await Promise.all(
       req.items.map(async (item): Promise<BatchItemAnswer> => {
-        if (item.entries?.length || item.copy) await this.outwaitPromises(item.shard, req.from);
+        if (item.entries?.length || item.copy) {
+          await this.outwaitPromises(item.shard, req.from);
+          this.checkEpoch(req.epoch); // a newer pivot may have asked our position meanwhile
+        }
         const rt = this.shards.get(item.shard);
         const answer = (extra: Partial<BatchItemAnswer> = {}) => ({
           shard: item.shard,
@@ -519,31 +537,44 @@ export class Agent implements LinkHost, ForwarderHost {
         return answer();
       }),
     );
-    return { epoch: this.epoch(), items };
+    // Promise and answer in one step: the epoch the sender sees is the one the promise is under.
+    const epoch = this.epoch();
+    const promised =
+      req.epoch === epoch && !this.fenced() && this.savedEpoch === epoch && this.promise(req.from);
+    return { epoch, items, ...(promised ? { promised } : {}) };
   }
 
   /**
    * Read-lease promise (history.ts) to `pivot` for every shard this agent follows from it in the
    * map it shares with the sender: no entries of those shards from another agent, no takeover.
+   * False when it follows nothing from the sender.
    */
-  private promise(pivot: string): void {
+  private promise(pivot: string): boolean {
     const now = performance.now();
     const until = now + readLeaseMs(this.policy().timeoutMs);
+    let any = false;
     for (const a of this.map!.assignments) {
       if (a.pivot !== pivot || !a.followers.includes(this.name)) continue;
       const given = (this.promises.get(a.shard) ?? []).filter((p) => p.until > now && p.pivot !== pivot);
       given.push({ pivot, until });
       this.promises.set(a.shard, given);
+      any = true;
     }
+    return any;
   }
 
-  /** Waits until no promise given to another pivot of `shard` than `pivot` holds any longer. */
-  private async outwaitPromises(shard: number, pivot: string): Promise<void> {
+  /** How long (ms) promises to pivots of `shard` other than `pivot` still hold, forgotten ones included. */
+  private promisedMs(shard: number, pivot: string): number {
     const until = Math.max(
       this.forgottenPromisesUntil,
       ...(this.promises.get(shard) ?? []).filter((p) => p.pivot !== pivot).map((p) => p.until),
     );
-    const wait = until - performance.now();
+    return Math.max(0, until - performance.now());
+  }
+
+  /** Waits until no promise given to another pivot of `shard` than `pivot` holds any longer. */
+  private async outwaitPromises(shard: number, pivot: string): Promise<void> {
+    const wait = this.promisedMs(shard, pivot);
     if (wait > 0) await sleep(wait, this.abort.signal);
   }
 
@@ -551,7 +582,14 @@ export class Agent implements LinkHost, ForwarderHost {
     this.checkEpoch(req.epoch);
     this.heardFrom(req.from);
     const m = this.store.shardMeta(req.shard);
-    return { ...this.copyState(req.shard), history: m.history, firstLogSeq: m.firstLogSeq };
+    // Promises given before this answer are not renewed after it: the old pivot is fenced here now.
+    const promisedMs = typeof req.from === 'string' ? this.promisedMs(req.shard, req.from) : 0;
+    return {
+      ...this.copyState(req.shard),
+      history: m.history,
+      firstLogSeq: m.firstLogSeq,
+      ...(promisedMs > 0 ? { promisedMs } : {}),
+    };
   }
 
   handleLog(req: { epoch: number; shard: number; from: number; limit: number }): LogAnswer {

@@ -10,6 +10,7 @@ import { Agent, shardMapProblems } from './agent.ts';
 import { ApiError } from './api/errors.ts';
 import { createMetrics } from './metrics.ts';
 import { CommitWaiters } from './replication/commit-waiters.ts';
+import { MAX_LEASE_MS } from './replication/history.ts';
 import type { LogEntry } from './storage/records.ts';
 import { Store } from './storage/store.ts';
 
@@ -38,7 +39,7 @@ const map = (epoch: number, pivot = 'me', rf = 1): ShardMap => ({
   })),
 });
 
-async function agentWith(first: ShardMap, source = 'test') {
+async function agentWith(first: ShardMap | undefined, source = 'test') {
   const dir = mkdtempSync(join(tmpdir(), 'pivot-fence-'));
   const { store } = await Store.open(dir, 'c');
   const agent = new Agent(
@@ -61,7 +62,7 @@ async function agentWith(first: ShardMap, source = 'test') {
     await store.close();
     rmSync(dir, { recursive: true, force: true });
   });
-  await agent.applyMap(first, source);
+  if (first) await agent.applyMap(first, source);
   return agent;
 }
 
@@ -175,16 +176,52 @@ describe('read-lease promises', () => {
     expect(performance.now() - promisedAt).toBeGreaterThanOrEqual(LEASE - 1);
   });
 
-  it('a restarted follower takes no entries for a lease after its start (its promises were in memory)', async () => {
-    const beforeStart = performance.now();
-    const agent = await agentWith(map(5, 'other', 2), 'storage');
+  it('a restarted follower takes no entries for the longest lease after its start (its promises were in memory)', async () => {
+    const agent = await agentWith(undefined);
+    const start = performance.now();
+    await agent.applyMap(map(5, 'other', 2), 'storage'); // the map it had before the restart
     await agent.handleBatch({
       epoch: 5,
       from: 'other',
       items: [{ shard: 0, pivotSeq: 1, prev: { term: 0, seq: 0 }, entries: [entry(5, 1)] }],
     });
-    expect(performance.now() - beforeStart).toBeGreaterThanOrEqual(LEASE - 1);
+    expect(performance.now() - start).toBeGreaterThanOrEqual(MAX_LEASE_MS - 1);
     expect(agent.store.position(0)).toEqual({ term: 5, seq: 1 });
+  });
+
+  it('says in its answer whether it promised: only to the pivot of its own saved map', async () => {
+    const agent = await agentWith(map(5, 'other', 2));
+    expect((await agent.handleBatch({ epoch: 5, from: 'other', items: [] })).promised).toBe(true);
+    expect((await agent.handleBatch({ epoch: 5, from: 'third', items: [] })).promised).toBeUndefined();
+    // A sender on a newer map than ours: we learn of it, are fenced, and promise nothing.
+    const newer = await agent.handleBatch({ epoch: 6, from: 'third', items: [] });
+    expect({ epoch: newer.epoch, promised: newer.promised }).toEqual({ epoch: 5, promised: undefined });
+  });
+
+  it('tells a new pivot asking its position how long its promises to the old one still hold', async () => {
+    const agent = await agentWith(map(5, 'other', 2));
+    await agent.handleBatch({ epoch: 5, from: 'other', items: [] });
+    const answer = agent.handlePosition({ epoch: 6, shard: 0, from: 'third' });
+    expect(answer.promisedMs).toBeGreaterThan(0);
+    expect(answer.promisedMs).toBeLessThanOrEqual(LEASE);
+    // To the old pivot itself there is nothing to wait for.
+    expect(agent.handlePosition({ epoch: 6, shard: 0, from: 'other' }).promisedMs).toBeUndefined();
+  });
+
+  it('a held batch whose epoch was overtaken while it waited is refused, its entries not applied', async () => {
+    const agent = await agentWith(map(5, 'other', 2));
+    await agent.handleBatch({ epoch: 5, from: 'other', items: [] });
+    await agent.applyMap(map(6, 'third', 2), 'push');
+    const held = refusal(
+      agent.handleBatch({
+        epoch: 6,
+        from: 'third',
+        items: [{ shard: 0, pivotSeq: 1, prev: { term: 0, seq: 0 }, entries: [entry(6, 1)] }],
+      }),
+    );
+    agent.handlePosition({ epoch: 7, shard: 0, from: 'me' }); // a newer pivot asks meanwhile
+    expect(await held).toBe('409 STALE_EPOCH');
+    expect(agent.store.position(0)).toEqual({ term: 0, seq: 0 });
   });
 });
 

@@ -178,9 +178,10 @@ export class FollowerLink {
       if (this.down) this.host.log.info({ peer: this.peer }, 'peer answers again; catching it up');
       this.health = HEALTHY;
       this.host.metrics.peerDown.set({ peer: this.peer }, 0);
+      // A peer already on a newer map: fenced before anything of its answer counts.
+      if (value.epoch > epoch) this.host.onStaleEpoch(value.epoch);
       if (epoch === this.host.epoch()) this.confirm(sentAt);
-      // Answered at our epoch: the peer's map names us the pivot of the shards it follows from us.
-      if (value.epoch === epoch && sentAt > this.promisedSentAt) {
+      if (value.promised && value.epoch === epoch && sentAt > this.promisedSentAt) {
         this.promisedSentAt = sentAt;
         this.promisedEpoch = epoch;
       }

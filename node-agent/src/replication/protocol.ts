@@ -44,11 +44,15 @@ export interface BatchItemAnswer extends CopyState {
 export interface BatchAnswer {
   epoch: number;
   items: BatchItemAnswer[];
+  /** A read-lease promise to the sender (history.ts) was given with this answer. */
+  promised?: boolean;
 }
 
 export interface PositionAnswer extends CopyState {
   history: TermStart[];
   firstLogSeq: number;
+  /** How long (ms) read-lease promises to other pivots of the shard still hold here: the asker waits that out before taking writes. */
+  promisedMs?: number;
 }
 
 export interface LogAnswer {
