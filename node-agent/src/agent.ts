@@ -252,7 +252,7 @@ export class Agent implements LinkHost, ForwarderHost {
     if (!info) return undefined;
     let c = this.clients.get(peer);
     if (!c || c.url !== info.url) {
-      c = new PeerClient(info.url, this.config.token);
+      c = new PeerClient(info.url, this.config.token, this.config.peerConnections);
       this.clients.set(peer, c);
     }
     return c;

@@ -27,6 +27,8 @@ export interface AgentConfig {
   logRetain: number;
   /** The same bound in bytes (values of a few MB would otherwise make the entry bound huge). */
   logRetainBytes: number;
+  /** Connections to each peer, per kind of traffic (replication, forwarded requests). */
+  peerConnections: number;
 }
 
 const FLAGS = {
@@ -40,6 +42,7 @@ const FLAGS = {
   'log-level': 'PIVOT_LOG_LEVEL',
   'log-retain': 'PIVOT_LOG_RETAIN',
   'log-retain-bytes': 'PIVOT_LOG_RETAIN_BYTES',
+  'peer-connections': 'PIVOT_PEER_CONNECTIONS',
 } as const;
 
 export class ConfigError extends Error {
@@ -69,6 +72,9 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): AgentConfig
   const logRetainBytes = Number(get('log-retain-bytes') ?? 32 * 2 ** 20);
   if (!Number.isInteger(logRetainBytes) || logRetainBytes < 1)
     throw new ConfigError('--log-retain-bytes must be an integer >= 1');
+  const peerConnections = Number(get('peer-connections') ?? 32);
+  if (!Number.isInteger(peerConnections) || peerConnections < 1)
+    throw new ConfigError('--peer-connections must be an integer >= 1');
   const clusterFile = get('cluster-file');
   const clusterUid = get('cluster-uid');
   return {
@@ -85,6 +91,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): AgentConfig
     logLevel: get('log-level') ?? 'info',
     logRetain,
     logRetainBytes,
+    peerConnections,
   };
 }
 

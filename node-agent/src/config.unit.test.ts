@@ -9,6 +9,7 @@ describe('parseConfig', () => {
       PIVOT_AUTH_TOKEN: 'tok',
       PIVOT_LOG_RETAIN: '50',
       PIVOT_LOG_RETAIN_BYTES: '4096',
+      PIVOT_PEER_CONNECTIONS: '8',
     });
     expect(c).toMatchObject({
       name: 'from-flag',
@@ -18,8 +19,10 @@ describe('parseConfig', () => {
       token: 'tok',
       logRetain: 50,
       logRetainBytes: 4096,
+      peerConnections: 8,
     });
     expect(parseConfig([], {}).logRetainBytes).toBe(32 * 2 ** 20);
+    expect(parseConfig([], {}).peerConnections).toBe(32);
     expect(c.advertiseUrl).toBe('http://127.0.0.1:7100');
   });
 
@@ -27,6 +30,7 @@ describe('parseConfig', () => {
     [['--listen', 'nonsense'], {}],
     [['--log-retain', '0'], {}],
     [['--log-retain-bytes', '1.5'], {}],
+    [['--peer-connections', '0'], {}],
     [['--unknown-flag', 'x'], {}],
   ])('refuses %j', (argv, env) => expect(() => parseConfig(argv, env)).toThrow());
 });

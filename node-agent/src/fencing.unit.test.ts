@@ -52,6 +52,7 @@ async function agentWith(first: ShardMap | undefined, source = 'test') {
       logLevel: 'silent',
       logRetain: 100,
       logRetainBytes: 1 << 20,
+      peerConnections: 4,
     },
     store,
     createMetrics(),

@@ -165,7 +165,7 @@ export class Forwarder {
     );
     const answered = new Array<boolean>(batch.length).fill(false);
     try {
-      const res = await client.pool.request({
+      const res = await client.forwardPool.request({
         method: 'POST',
         path: '/_pivot/v1/forward',
         body: packr.pack(body),
@@ -207,7 +207,7 @@ export class Forwarder {
   /** One request as its own HTTP request, marked forwarded (how agents forwarded before). */
   private async sendOverHttp(peer: string, { request }: Pending): Promise<DataAnswer> {
     const client = this.host.client(peer)!;
-    const res = await client.pool.request({
+    const res = await client.forwardPool.request({
       method: request.method,
       path: request.url,
       headers: {

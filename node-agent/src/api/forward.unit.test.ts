@@ -78,7 +78,7 @@ describe('Forwarder', () => {
 
   async function setup(batchRoute: boolean, options: Parameters<typeof fakePivot>[0] = { batchRoute }) {
     const pivot = await fakePivot({ ...options, batchRoute });
-    const client = new PeerClient(pivot.url, 'secret');
+    const client = new PeerClient(pivot.url, 'secret', 4);
     cleanup.push(() => client.close(), pivot.close);
     const forwarder = new Forwarder({
       name: 'agent-0',
