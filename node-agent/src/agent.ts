@@ -121,8 +121,8 @@ export class Agent implements LinkHost, ForwarderHost {
   private readonly unacked = new Map<number, Map<string, number>>();
   /** Strong-read confirmation rounds about to start, per shard. */
   private readonly readRounds = new Map<number, Promise<void>>();
-  /** Read-lease promises this agent gave as a follower: per shard, to which pivots, until when. */
-  private readonly promises = new Map<number, { pivot: string; until: number }[]>();
+  /** Read-lease promises this agent gave as a follower: per shard, per pivot, until when. */
+  private readonly promises = new Map<number, Map<string, number>>();
   /**
    * Promises given before a restart are forgotten: an agent that had a map before (it may have
    * promised under it) honours them all until a lease after its start. Promises are given only
@@ -550,14 +550,13 @@ export class Agent implements LinkHost, ForwarderHost {
    * False when it follows nothing from the sender.
    */
   private promise(pivot: string): boolean {
-    const now = performance.now();
-    const until = now + readLeaseMs(this.policy().timeoutMs);
+    const until = performance.now() + readLeaseMs(this.policy().timeoutMs);
     let any = false;
     for (const a of this.map!.assignments) {
       if (a.pivot !== pivot || !a.followers.includes(this.name)) continue;
-      const given = (this.promises.get(a.shard) ?? []).filter((p) => p.until > now && p.pivot !== pivot);
-      given.push({ pivot, until });
-      this.promises.set(a.shard, given);
+      let given = this.promises.get(a.shard);
+      if (!given) this.promises.set(a.shard, (given = new Map()));
+      given.set(pivot, until);
       any = true;
     }
     return any;
@@ -565,10 +564,8 @@ export class Agent implements LinkHost, ForwarderHost {
 
   /** How long (ms) promises to pivots of `shard` other than `pivot` still hold, forgotten ones included. */
   private promisedMs(shard: number, pivot: string): number {
-    const until = Math.max(
-      this.forgottenPromisesUntil,
-      ...(this.promises.get(shard) ?? []).filter((p) => p.pivot !== pivot).map((p) => p.until),
-    );
+    let until = this.forgottenPromisesUntil;
+    for (const [to, end] of this.promises.get(shard) ?? []) if (to !== pivot) until = Math.max(until, end);
     return Math.max(0, until - performance.now());
   }
 

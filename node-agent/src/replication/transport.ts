@@ -28,8 +28,8 @@ export class PeerCallError extends Error {
 
 export class PeerClient {
   readonly url: string;
-  /** Replication and the other agent-to-agent routes. */
-  readonly pool: Pool;
+  /** Replication and the other agent-to-agent routes (`call`). */
+  private readonly pool: Pool;
   /** Forwarded public requests (api/forward.ts). */
   readonly forwardPool: Pool;
   private readonly token: string | undefined;
